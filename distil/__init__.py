@@ -1,0 +1,31 @@
+"""distil: distill a large teacher into a small, fast student, and show the trade side by side."""
+
+from distil.errors import DistilError
+from distil.methods import CE, KD, Method, MSELogits, Outputs, register
+from distil.recipe import Recipe, load_recipe
+from distil.strategies import DistillResult, distill
+
+__version__ = "0.1.0"
+
+
+def run(recipe: str | Recipe | None = None, *, overrides: list[str] | None = None, runs_dir: str = "runs",
+        resume: bool = False, overwrite: bool = False, quiet: bool = True):
+    """Run a recipe (a path, a Recipe, or None for the built-in default) and return its RunResult."""
+    from distil.pipeline import run_recipe
+
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, overrides)
+    return run_recipe(recipe, runs_dir, resume=resume, overwrite=overwrite, quiet=quiet)
+
+
+def load(path: str):
+    """Load a model file written by distil (runs/<name>/models/*.pt): returns (model, metadata)."""
+    from pathlib import Path
+
+    from distil.checkpoint import load_model
+
+    return load_model(Path(path))
+
+
+__all__ = ["CE", "KD", "DistilError", "DistillResult", "MSELogits", "Method", "Outputs", "Recipe", "distill",
+           "load", "load_recipe", "register", "run"]

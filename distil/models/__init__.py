@@ -1,0 +1,50 @@
+"""The model zoo: build a model by name (`resnet20`, `wrn_40_2`, ...) or from the user's code (`python:mod:fn`)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from distil.errors import DistilError, nearest
+from distil.models.user import PREFIX as PYTHON_PREFIX
+from distil.models.user import build_python_model
+from distil.models.zoo import ZOO, lookup
+from distil.recipe import ModelConfig
+
+__all__ = ["available_models", "build_model", "describe_models"]
+
+
+def available_models() -> list[str]:
+    """The zoo's model names, sorted (any `wrn_<depth>_<width>` with depth 6n+4 is accepted too)."""
+    return sorted(ZOO)
+
+
+def describe_models() -> dict[str, str]:
+    """Each zoo name with a one-line description, sorted by name, for `distil models`."""
+    return {name: ZOO[name].description for name in available_models()}
+
+
+def _check_shape(name: str, input_shape: tuple[int, ...], num_classes: int) -> None:
+    if not input_shape or any(not isinstance(side, int) or side < 1 for side in input_shape):
+        raise DistilError(f"model '{name}': input shape {tuple(input_shape)} must be one or more positive sizes.")
+    if num_classes < 1:
+        raise DistilError(f"model '{name}': num_classes must be at least 1, got {num_classes}.")
+
+
+def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """A freshly initialised model for inputs of `input_shape` (no batch axis) that returns (B, num_classes) logits."""
+    name = cfg.name
+    input_shape = tuple(input_shape)
+    _check_shape(name, input_shape, num_classes)
+    if name.startswith("checkpoint:"):
+        raise DistilError(
+            f"model '{name}': checkpoint models are loaded by distil.checkpoint, not built from the zoo; "
+            "load it with distil.checkpoint instead."
+        )
+    if name.startswith(PYTHON_PREFIX):
+        return build_python_model(name, input_shape, num_classes)
+    entry = lookup(name.lower())
+    if entry is None:
+        raise DistilError(
+            f"unknown model '{name}'{nearest(name, available_models())}; see `distil models` for the list."
+        )
+    return entry.build(cfg, input_shape, num_classes)

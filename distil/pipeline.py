@@ -1,0 +1,180 @@
+"""A recipe's run, stage by stage (teach, distill, alone, evaluate, report), in its resumable run folder."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from distil import checkpoint
+from distil.data import Splits, load_dataset
+from distil.engine import Fit, predict, resolve_device, seed_everything, targets_of
+from distil.errors import DistilError
+from distil.methods import build_objective
+from distil.methods.base import method_class
+from distil.metrics import classification_metrics
+from distil.models import build_model
+from distil.profile import profile_model
+from distil.recipe import LossTerm, ModelConfig, Recipe, dump_recipe
+from distil.report import write_report
+from distil.runlog import MetricsLog
+from distil.teachers import LiveTeacher
+
+ROLES = {"teacher": "teacher", "student": "student (distilled)", "alone": "student (alone)"}
+
+
+@dataclass
+class RunResult:
+    """Where a run wrote its files and the evaluation of each model."""
+
+    run_dir: Path
+    results: dict
+
+
+def make_model(cfg: ModelConfig, splits: Splits, role: str, checkpoint_path: str | None = None) -> nn.Module:
+    """Build a zoo / python: model, or load a `checkpoint:` one, and check it fits the data."""
+    path = checkpoint_path or (cfg.name.removeprefix("checkpoint:") if cfg.name.startswith("checkpoint:") else None)
+    if path is not None:
+        model, meta = checkpoint.load_model(Path(path))
+        if meta["num_classes"] != splits.num_classes:
+            raise DistilError(f"{role} checkpoint {path} predicts {meta['num_classes']} classes but the data "
+                              f"'{splits.name}' has {splits.num_classes}; use a checkpoint trained on this data.")
+    else:
+        model = build_model(cfg, splits.input_shape, splits.num_classes)
+    check_model_fits(model, splits, role)
+    return model
+
+
+def check_model_fits(model: nn.Module, splits: Splits, role: str) -> None:
+    """Run two samples through the model: wrong input shapes or class counts fail here, before training."""
+    x = splits.train.x[:2] if len(splits.train) else torch.zeros(2, *splits.input_shape)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0][:160]
+        raise DistilError(f"{role} model does not accept inputs shaped {tuple(splits.input_shape)} from data "
+                          f"'{splits.name}' ({first}); choose a model for this input shape.") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != splits.num_classes:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise DistilError(f"{role} model outputs {shape} but the data '{splits.name}' has {splits.num_classes} "
+                          f"classes; give the model {splits.num_classes} outputs.")
+
+
+class Run:
+    """The stages of one recipe in its run folder; each finished stage leaves a model file and is skipped on resume."""
+
+    def __init__(self, recipe: Recipe, runs_dir: Path | str = "runs", *, resume: bool = False,
+                 overwrite: bool = False, quiet: bool = False) -> None:
+        self.recipe = recipe
+        self.dir = Path(runs_dir) / recipe.name
+        self.resume = resume
+        self.quiet = quiet
+        self._prepare_folder(overwrite)
+        self.log = MetricsLog(self.dir / "metrics.jsonl")
+        self.device = resolve_device(recipe.device)
+        self.splits = load_dataset(recipe.data, seed=recipe.seed)
+
+    def _prepare_folder(self, overwrite: bool) -> None:
+        saved = self.dir / "recipe.yaml"
+        text = dump_recipe(self.recipe)
+        if self.dir.exists() and any(self.dir.iterdir()):
+            if overwrite:
+                shutil.rmtree(self.dir)
+            elif not self.resume:
+                raise DistilError(f"run folder {self.dir} already exists; pass --resume to continue it, --overwrite "
+                                  "to start again, or --set name=... for a new run.")
+            elif saved.is_file() and saved.read_text(encoding="utf-8") != text:
+                raise DistilError(f"--resume: the recipe differs from {saved}; resume with the same recipe and "
+                                  "overrides, or start a new run with --set name=....")
+        checkpoint.atomic_write_text(saved, text)
+
+    def model_path(self, role: str) -> Path:
+        """Where the finished model of `role` (teacher, student, alone) is saved."""
+        return self.dir / "models" / f"{role}.pt"
+
+    def save_model(self, role: str, model: nn.Module, cfg: ModelConfig) -> None:
+        """Save a finished model with what rebuilds it."""
+        architecture = cfg.model_dump(include=set(ModelConfig.model_fields))
+        checkpoint.save_model(self.model_path(role), model, config=architecture, input_shape=self.splits.input_shape,
+                              num_classes=self.splits.num_classes, class_names=self.splits.class_names,
+                              extra={"run": self.recipe.name, "role": role})
+
+    def train_stage(self, stage: str, role: str, cfg: ModelConfig, terms: list[LossTerm], *,
+                    teacher: nn.Module | None = None, epochs: int | None = None, lr: float | None = None) -> nn.Module:
+        """Train (or, when its model file exists on resume, load) the model of `role` against `terms`."""
+        done = self.model_path(role)
+        if self.resume and done.is_file():
+            return checkpoint.load_model(done)[0].to(self.device)
+        seed_everything(self.recipe.seed)  # same seed per stage: distilled and alone students start identical
+        model = make_model(cfg, self.splits, role)
+        fit = Fit(stage=stage, model=model, objective=build_objective(terms), train=self.splits.train,
+                  val=self.splits.val, cfg=self.recipe.train, device=self.device, seed=self.recipe.seed,
+                  teacher=LiveTeacher(teacher) if teacher is not None else None, epochs=epochs, lr=lr,
+                  checkpoint_path=self.dir / "checkpoints" / f"{stage}.ckpt", log=self.log, quiet=self.quiet)
+        if not self.resume:
+            self.log.drop_stage(stage)
+        model = fit.run(resume=self.resume).model
+        self.save_model(role, model, cfg)
+        return model
+
+    def teach(self) -> nn.Module:
+        """The teacher: loaded from `teacher.checkpoint`, or trained on the labels."""
+        t = self.recipe.teacher
+        if t.checkpoint:
+            model = make_model(t, self.splits, "teacher", checkpoint_path=t.checkpoint)
+            return model.to(self.device).eval()
+        return self.train_stage("teach", "teacher", t, [LossTerm(name="ce")], epochs=t.epochs, lr=t.lr)
+
+    def distill(self, teacher: nn.Module) -> nn.Module:
+        """The student, trained against the teacher's outputs and the labels."""
+        d = self.recipe.distill
+        return self.train_stage("distill", "student", self.recipe.student, d.losses, teacher=teacher, epochs=d.epochs)
+
+    def alone(self) -> nn.Module:
+        """The same student trained on the labels only: the baseline distillation must beat."""
+        terms = [t for t in self.recipe.distill.losses if not method_class(t.name).needs_teacher]
+        ce = [LossTerm(name=t.name, weight=1.0, **t.params) for t in terms] or [LossTerm(name="ce")]
+        return self.train_stage("alone", "alone", self.recipe.student, ce, epochs=self.recipe.distill.epochs)
+
+    def evaluate(self, models: dict[str, nn.Module]) -> dict:
+        """Metrics on the test split and the size / speed profile of each model."""
+        e = self.recipe.eval
+        test = self.splits.test
+        target = targets_of(test)
+        logits = {role: predict(m, test, self.device) for role, m in models.items()}
+        teacher_logits = logits.get("teacher")
+        results = {}
+        for role, model in models.items():
+            metrics = classification_metrics(logits[role], target, self.splits.num_classes,
+                                             teacher_logits=teacher_logits, ece_bins=e.ece_bins)
+            metrics.update(profile_model(model, self.splits.input_shape, self.device, latency_batch=e.latency_batch,
+                                         throughput_batch=e.throughput_batch, repeats=e.latency_repeats))
+            results[role] = {"label": ROLES[role], **metrics}
+            self.log.write({"stage": "evaluate", "model": role, **metrics})
+        return {"name": self.recipe.name, "dataset": self.splits.name, "test_samples": len(test),
+                "device": str(self.device), "models": results}
+
+    def execute(self) -> RunResult:
+        """Run every stage in order and write results.json and report.md."""
+        teacher = self.teach()
+        models = {"teacher": teacher, "student": self.distill(teacher)}
+        if self.recipe.distill.baseline:
+            models["alone"] = self.alone()
+        self.log.drop_stage("evaluate")
+        results = self.evaluate(models)
+        write_report(self.dir, results)
+        return RunResult(self.dir, results)
+
+
+def run_recipe(recipe: Recipe, runs_dir: Path | str = "runs", *, resume: bool = False, overwrite: bool = False,
+               quiet: bool = False) -> RunResult:
+    """Run a whole recipe in `runs_dir/<name>/` and return where it wrote and what it measured."""
+    return Run(recipe, runs_dir, resume=resume, overwrite=overwrite, quiet=quiet).execute()
