@@ -32,12 +32,12 @@ def run(
     """Train the teacher, distill the student, train the student alone, evaluate all three and write the report."""
     from distil.pipeline import run_recipe
     from distil.recipe import load_recipe
-    from distil.report import render_gains, render_text
+    from distil.report import gains, render_gains, render_text
 
     loaded = load_recipe(recipe, set_)
     result = run_recipe(loaded, runs_dir, resume=resume, overwrite=overwrite, quiet=quiet)
     say(render_text(result.results), quiet)
-    say("\n".join(render_gains(result.results.get("gains", {}))), quiet)
+    say("\n".join(render_gains(gains(result.results))), quiet)
     say(f"report: {result.run_dir / 'report.md'}", quiet)
 
 

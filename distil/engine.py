@@ -168,7 +168,9 @@ class Fit:
             if self.log is not None:
                 self.log.rewind(self.stage, start_epoch)
 
-        bar = tqdm(range(start_epoch, epochs), desc=self.stage, disable=self.quiet or bool(os.environ.get("CI")),
+        # None lets tqdm hide itself when stderr is not a terminal; --quiet and CI hide it always
+        hide = True if self.quiet or os.environ.get("CI") else None
+        bar = tqdm(range(start_epoch, epochs), desc=self.stage, disable=hide,
                    initial=start_epoch, total=epochs, leave=False)
         stopped_early = False
         for epoch in bar:

@@ -19,7 +19,7 @@ from distil.metrics import classification_metrics
 from distil.models import build_model
 from distil.profile import profile_model
 from distil.recipe import LossTerm, ModelConfig, Recipe, dump_recipe
-from distil.report import write_report
+from distil.report import gains, write_report
 from distil.runlog import MetricsLog
 from distil.teachers import LiveTeacher
 
@@ -170,6 +170,7 @@ class Run:
             models["alone"] = self.alone()
         self.log.drop_stage("evaluate")
         results = self.evaluate(models)
+        results["gains"] = gains(results)
         write_report(self.dir, results)
         return RunResult(self.dir, results)
 

@@ -103,7 +103,6 @@ def render_markdown(results: dict) -> str:
 
 def write_report(run_dir: Path, results: dict) -> Path:
     """Write results.json and report.md into the run folder (atomically) and return the report's path."""
-    results = {**results, "gains": gains(results)}
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     path = run_dir / "report.md"
     atomic_write_text(path, render_markdown(results))
