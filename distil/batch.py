@@ -14,16 +14,17 @@ from distil.data import IndexedTensorDataset, as_indexed
 
 @dataclass
 class Batch:
-    """Sample indices, inputs and targets of one batch."""
+    """Sample indices, inputs and targets of one batch, and which augmented view of the samples it holds."""
 
     index: Tensor
     x: Tensor
     y: Tensor
+    view: int = 0
 
     def to(self, device: torch.device) -> Batch:
         """The same batch on `device` (non-blocking when the source is pinned)."""
         return Batch(self.index.to(device, non_blocking=True), self.x.to(device, non_blocking=True),
-                     self.y.to(device, non_blocking=True))
+                     self.y.to(device, non_blocking=True), self.view)
 
 
 def iterate(dataset: Dataset, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,

@@ -42,6 +42,28 @@ def run(
 
 
 @app.command()
+def cache(
+    recipe: Annotated[Optional[Path], typer.Argument(help="recipe YAML (default: the built-in digits recipe)")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="override a field, e.g. cache.dtype=fp32")] = [],  # noqa: B006
+    runs_dir: Annotated[Path, typer.Option(help="where run folders are written")] = Path("runs"),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """Train (or load) the teacher and write its outputs to the run's cache; then `distil run RECIPE --resume`."""
+    from distil.pipeline import Run
+    from distil.recipe import load_recipe
+
+    loaded = load_recipe(recipe, set_)
+    if loaded.cache is None:
+        raise DistilError("cache: the recipe has no cache section; add `cache: {dtype: fp16}` to it (or pass "
+                          "--set cache.dtype=fp16) so that `distil run` reads the same cache.")
+    run_ = Run(loaded, runs_dir, resume=True, quiet=quiet)
+    teacher_cache = run_.cache(run_.teach())
+    layout = teacher_cache.layout
+    say(f"cache: {teacher_cache.folder} ({layout.samples} samples x {layout.views} views, {layout.dtype}"
+        f"{f', top-{layout.topk}' if layout.topk else ''}, {len(layout.arrays)} arrays)", quiet)
+
+
+@app.command()
 def methods() -> None:
     """List the registered distillation losses with their parameters and paper."""
     from distil.methods import describe_methods

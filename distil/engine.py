@@ -19,11 +19,12 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from distil import checkpoint
-from distil.batch import iterate, num_batches
+from distil.batch import Batch, iterate, num_batches
+from distil.data.augment import view_of
 from distil.errors import DistilError
 from distil.methods.base import Outputs
 from distil.methods.objective import Objective
-from distil.recipe import TrainConfig
+from distil.recipe import AugmentConfig, TrainConfig
 from distil.runlog import MetricsLog
 from distil.teachers import TeacherSource
 
@@ -133,6 +134,12 @@ class Fit:
     checkpoint_path: Path | None = None
     log: MetricsLog | None = None
     quiet: bool = False
+    augment: AugmentConfig | None = None
+
+    def prepare_batch(self, batch: Batch, epoch: int) -> Batch:
+        """Move a batch to the device and, with augmentation, replace it by this epoch's view of its samples."""
+        views = self.augment.views if self.augment is not None else 1
+        return view_of(batch.to(self.device), epoch % views, self.augment, self.seed)
 
     def run(self, resume: bool = False) -> FitResult:
         """Train for the configured epochs (continuing from the checkpoint when `resume`), return the model."""
@@ -173,8 +180,9 @@ class Fit:
         bar = tqdm(range(start_epoch, epochs), desc=self.stage, disable=hide,
                    initial=start_epoch, total=epochs, leave=False)
         stopped_early = False
+        forward = torch.compile(model) if cfg.compile else model  # same parameters; the compiled graph runs steps
         for epoch in bar:
-            record = self._train_epoch(epoch, model, objective, optimizer, scheduler)
+            record = self._train_epoch(epoch, model, forward, objective, optimizer, scheduler)
             if has_val:
                 record.update(self._validate(model))
             history.append(record)
@@ -197,7 +205,8 @@ class Fit:
         model.eval()
         return FitResult(model, history, stopped_early)
 
-    def _train_epoch(self, epoch: int, model: nn.Module, objective: Objective, optimizer, scheduler) -> dict:
+    def _train_epoch(self, epoch: int, model: nn.Module, forward: nn.Module, objective: Objective, optimizer,
+                     scheduler) -> dict:
         cfg, device = self.cfg, self.device
         model.train()
         objective.train()
@@ -214,10 +223,10 @@ class Fit:
         batches = iterate(self.train, cfg.batch_size, shuffle=True, generator=generator,
                           num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
         for step, batch in enumerate(batches):
-            batch = batch.to(device)
+            batch = self.prepare_batch(batch, epoch)
             teacher_out = self.teacher.outputs(batch) if self.objective.needs_teacher else None
             with autocast:
-                student_out = Outputs(model(batch.x))
+                student_out = Outputs(forward(batch.x))
                 loss, terms = objective(student_out, teacher_out, batch.y)
             (loss / cfg.accumulate).backward()
             if (step + 1) % cfg.accumulate == 0 or step + 1 == steps:

@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from distil import checkpoint
+from distil.cache import CacheBuilder, TeacherCache, fingerprint, open_cache, read_layout
 from distil.data import Splits, load_dataset
+from distil.data.augment import view_of
 from distil.engine import Fit, predict, resolve_device, seed_everything, targets_of
 from distil.errors import DistilError
 from distil.methods import build_objective
@@ -21,7 +23,7 @@ from distil.profile import profile_model
 from distil.recipe import LossTerm, ModelConfig, Recipe, dump_recipe
 from distil.report import gains, write_report
 from distil.runlog import MetricsLog
-from distil.teachers import LiveTeacher
+from distil.teachers import LiveTeacher, TeacherSource
 
 ROLES = {"teacher": "teacher", "student": "student (distilled)", "alone": "student (alone)"}
 
@@ -108,7 +110,8 @@ class Run:
                               extra={"run": self.recipe.name, "role": role})
 
     def train_stage(self, stage: str, role: str, cfg: ModelConfig, terms: list[LossTerm], *,
-                    teacher: nn.Module | None = None, epochs: int | None = None, lr: float | None = None) -> nn.Module:
+                    teacher: TeacherSource | None = None, epochs: int | None = None,
+                    lr: float | None = None) -> nn.Module:
         """Train (or, when its model file exists on resume, load) the model of `role` against `terms`."""
         done = self.model_path(role)
         if self.resume and done.is_file():
@@ -117,8 +120,8 @@ class Run:
         model = make_model(cfg, self.splits, role)
         fit = Fit(stage=stage, model=model, objective=build_objective(terms), train=self.splits.train,
                   val=self.splits.val, cfg=self.recipe.train, device=self.device, seed=self.recipe.seed,
-                  teacher=LiveTeacher(teacher) if teacher is not None else None, epochs=epochs, lr=lr,
-                  checkpoint_path=self.dir / "checkpoints" / f"{stage}.ckpt", log=self.log, quiet=self.quiet)
+                  teacher=teacher, epochs=epochs, lr=lr, checkpoint_path=self.dir / "checkpoints" / f"{stage}.ckpt",
+                  log=self.log, quiet=self.quiet, augment=self.recipe.data.augment)
         if not self.resume:
             self.log.drop_stage(stage)
         model = fit.run(resume=self.resume).model
@@ -133,10 +136,29 @@ class Run:
             return model.to(self.device).eval()
         return self.train_stage("teach", "teacher", t, [LossTerm(name="ce")], epochs=t.epochs, lr=t.lr)
 
+    def cache(self, teacher: nn.Module) -> TeacherCache:
+        """Run the teacher once over every training sample (and augmented view) into the on-disk cache."""
+        c, aug = self.recipe.cache, self.recipe.data.augment
+        folder = Path(c.path) if c.path else self.dir / "cache"
+        views = aug.views if aug.active else 1
+        settings = {"data": self.recipe.data.model_dump(mode="json"), "seed": self.recipe.seed, "views": views,
+                    "dtype": c.dtype, "topk": c.topk}
+        expected = fingerprint(teacher, self.splits.train, settings)
+        if c.path and (layout := read_layout(folder)) is not None and layout.fingerprint != expected:
+            return open_cache(folder, expected)  # a cache given by path is never overwritten: this refuses it
+        source = LiveTeacher(teacher)
+        CacheBuilder(folder, source, self.splits.train, c, views=views, fingerprint=expected, device=self.device,
+                     transform=lambda b: view_of(b, b.view, aug, self.recipe.seed), quiet=self.quiet).build()
+        return open_cache(folder, expected, verify=False)  # the build just checked every block
+
     def distill(self, teacher: nn.Module) -> nn.Module:
-        """The student, trained against the teacher's outputs and the labels."""
+        """The student, trained against the teacher's outputs (live, or from the cache) and the labels."""
         d = self.recipe.distill
-        return self.train_stage("distill", "student", self.recipe.student, d.losses, teacher=teacher, epochs=d.epochs)
+        if self.resume and self.model_path("student").is_file():
+            source = None  # finished: train_stage loads the student
+        else:
+            source = self.cache(teacher) if self.recipe.cache is not None else LiveTeacher(teacher)
+        return self.train_stage("distill", "student", self.recipe.student, d.losses, teacher=source, epochs=d.epochs)
 
     def alone(self) -> nn.Module:
         """The same student trained on the labels only: the baseline distillation must beat."""

@@ -27,6 +27,20 @@ class SyntheticConfig(StrictModel):
     noise: float = Field(1.0, ge=0)
 
 
+class AugmentConfig(StrictModel):
+    """Training-time augmentation, replayable per (sample, view) so a teacher cache stays exact."""
+
+    crop_padding: int = Field(0, ge=0, description="random shift of up to this many pixels (zero padding)")
+    flip: bool = Field(False, description="random horizontal flip")
+    noise: float = Field(0.0, ge=0, description="std of additive noise")
+    views: int = Field(1, ge=1, description="distinct augmented views per sample; epoch e uses view e mod views")
+
+    @property
+    def active(self) -> bool:
+        """Whether any augmentation is configured."""
+        return bool(self.crop_padding or self.flip or self.noise)
+
+
 class DataConfig(StrictModel):
     """Where the samples come from and how they are split into train / val / test."""
 
@@ -39,6 +53,7 @@ class DataConfig(StrictModel):
     normalize: bool = True
     limit: int | None = Field(None, ge=10)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 
 class ModelConfig(StrictModel):
@@ -111,6 +126,17 @@ class TrainConfig(StrictModel):
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     num_workers: int = Field(0, ge=0)
     log_every: int = Field(50, ge=1)
+    compile: bool = Field(False, description="torch.compile the student (opt-in)")
+
+
+class CacheConfig(StrictModel):
+    """The teacher-output cache: the teacher runs once over the training data, the student reads from disk."""
+
+    dtype: Literal["fp16", "fp32"] = "fp16"
+    topk: int | None = Field(None, ge=1, description="keep only the top-k log-probabilities and the rest's mass")
+    batch_size: int = Field(512, ge=1)
+    path: str | None = Field(None, description="cache folder (default: <run>/cache)")
+    verify: bool = Field(True, description="check every block's checksum when the cache is opened")
 
 
 class EvalConfig(StrictModel):
@@ -132,6 +158,7 @@ class Recipe(StrictModel):
     teacher: TeacherConfig = Field(default_factory=lambda: TeacherConfig(name="mlp", hidden=[512, 512]))
     student: ModelConfig = Field(default_factory=lambda: ModelConfig(name="mlp", hidden=[32]))
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    cache: CacheConfig | None = None
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 

@@ -6,27 +6,12 @@ import sys
 
 import pytest
 import torch
+from cli_runner import run_cli
 from torch import nn
 from torch.utils.data import TensorDataset
 
 import distil
-from distil import cli
 from distil.runlog import MetricsLog
-
-
-def run_cli(args, capsys):
-    """Run the CLI in-process; return (exit code, stdout, stderr)."""
-    old = sys.argv
-    sys.argv = ["distil", *map(str, args)]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_end_to_end_run_writes_every_file(tiny_recipe, tmp_path, capsys):

@@ -1,0 +1,263 @@
+"""The teacher-output cache: the teacher runs once; its outputs live in memory-mapped arrays on disk.
+
+Layout of a cache folder: `manifest.json` plus one `.npy` file per array (`logits`, or `topk_logp` +
+`topk_index` + `rest_mass`, and one per tapped feature). Each array has `views × samples` rows: row
+`view * samples + index` holds the teacher's output for augmented view `view` of sample `index`. Rows are
+written in blocks; each finished block's CRC32 goes into the manifest, so an interrupted build resumes at
+the first missing block and a corrupt block is found (and rebuilt) when the cache is opened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from distil.batch import Batch
+from distil.checkpoint import atomic_write_text
+from distil.data import IndexedTensorDataset
+from distil.errors import DistilError
+from distil.methods.base import Outputs
+from distil.recipe import CacheConfig
+from distil.teachers import TeacherSource
+
+FORMAT = "distil-cache-1"
+BLOCK_ROWS = 4096
+NUMPY_DTYPE = {"fp16": np.float16, "fp32": np.float32}
+
+
+def fingerprint(teacher: nn.Module, dataset: IndexedTensorDataset, settings: dict) -> str:
+    """SHA-256 of the teacher's weights, the training inputs and labels, and every setting that shapes outputs."""
+    digest = hashlib.sha256()
+    for name, tensor in teacher.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    digest.update(dataset.x.contiguous().numpy().tobytes())
+    digest.update(dataset.y.contiguous().numpy().tobytes())
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _crc(array: np.ndarray, block: int) -> int:
+    rows = array[block * BLOCK_ROWS:(block + 1) * BLOCK_ROWS]
+    return zlib.crc32(np.ascontiguousarray(rows).view(np.uint8).reshape(-1))
+
+
+@dataclass
+class CacheLayout:
+    """What the manifest records: sizes, storage choices and which blocks are finished (with checksums)."""
+
+    fingerprint: str
+    samples: int
+    views: int
+    dtype: str
+    topk: int | None
+    arrays: dict[str, dict]
+    blocks: dict[str, int]
+
+    @property
+    def rows(self) -> int:
+        """views × samples."""
+        return self.samples * self.views
+
+    @property
+    def num_blocks(self) -> int:
+        """Blocks per array."""
+        return -(-self.rows // BLOCK_ROWS)
+
+    def to_json(self) -> str:
+        """The manifest text."""
+        return json.dumps({"format": FORMAT, **self.__dict__}, indent=1)
+
+
+def _feature_file(path: str) -> str:
+    return "feature_" + hashlib.sha1(path.encode()).hexdigest()[:12]
+
+
+class TeacherCache:
+    """A finished cache, read through the TeacherSource interface: `outputs(batch)` gathers rows by index and view."""
+
+    def __init__(self, folder: Path, layout: CacheLayout, device: torch.device | None = None) -> None:
+        self.folder = Path(folder)
+        self.layout = layout
+        self.device = device
+        self.arrays = {name: np.load(self.folder / f"{name}.npy", mmap_mode="r") for name in layout.arrays}
+        self.feature_paths = {meta["tap"]: name for name, meta in layout.arrays.items() if "tap" in meta}
+
+    def _rows(self, batch: Batch) -> np.ndarray:
+        view = batch.view % self.layout.views
+        return (batch.index.cpu().numpy().astype(np.int64) + view * self.layout.samples)
+
+    def _gather(self, name: str, rows: np.ndarray, device: torch.device) -> Tensor:
+        return torch.from_numpy(np.asarray(self.arrays[name][rows])).to(device, non_blocking=True)
+
+    def outputs(self, batch: Batch) -> Outputs:
+        """Teacher logits (full, or rebuilt from top-k) and features for the batch's samples and view."""
+        rows = self._rows(batch)
+        device = batch.x.device
+        if self.layout.topk is None:
+            logits = self._gather("logits", rows, device).float()
+        else:
+            logp = self._gather("topk_logp", rows, device).float()
+            index = self._gather("topk_index", rows, device).long()
+            rest = self._gather("rest_mass", rows, device).float()
+            logits = topk_to_logprobs(logp, index, rest, self.layout.arrays["topk_index"]["classes"])
+        features = {tap: self._gather(name, rows, device).float() for tap, name in self.feature_paths.items()}
+        return Outputs(logits, features)
+
+
+def topk_to_logprobs(logp: Tensor, index: Tensor, rest: Tensor, classes: int) -> Tensor:
+    """Full log-probabilities from the top-k ones: the remaining mass is spread evenly over the other classes."""
+    k = logp.shape[-1]
+    others = (rest.clamp_min(0) / max(1, classes - k)).clamp_min(1e-30).log()
+    full = others.unsqueeze(-1).expand(*logp.shape[:-1], classes).clone()
+    return full.scatter(-1, index, logp)
+
+
+def read_layout(folder: Path) -> CacheLayout | None:
+    """The manifest of the cache in `folder`, or None when there is none (or it is unreadable)."""
+    path = Path(folder) / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+    if raw.pop("format", None) != FORMAT:
+        return None
+    return CacheLayout(**raw)
+
+
+def corrupt_blocks(folder: Path, layout: CacheLayout) -> list[tuple[str, int]]:
+    """(array, block) pairs whose data no longer match the checksum recorded when they were written."""
+    bad = []
+    for name in layout.arrays:
+        file = Path(folder) / f"{name}.npy"
+        try:
+            array = np.load(file, mmap_mode="r")
+        except (OSError, ValueError):
+            return [(name, b) for b in range(layout.num_blocks)]
+        crcs = layout.arrays[name].get("crc", {})
+        bad += [(name, int(b)) for b, crc in crcs.items() if _crc(array, int(b)) != crc]
+    return bad
+
+
+class CacheBuilder:
+    """Runs a teacher source over every (view, sample) of the training data and fills the cache, block by block."""
+
+    def __init__(self, folder: Path, source: TeacherSource, dataset: IndexedTensorDataset, cfg: CacheConfig, *,
+                 views: int, fingerprint: str, device: torch.device,
+                 transform: Callable[[Batch], Batch] | None = None, quiet: bool = False) -> None:
+        self.folder = Path(folder)
+        self.source, self.dataset, self.cfg = source, dataset, cfg
+        self.views, self.fingerprint, self.device = views, fingerprint, device
+        self.transform = transform or (lambda b: b)
+        self.quiet = quiet
+
+    def _batch(self, view: int, rows: range) -> Batch:
+        index = torch.arange(rows.start, rows.stop)
+        return self.transform(Batch(index, self.dataset.x[index], self.dataset.y[index], view).to(self.device))
+
+    def _outputs(self, view: int, rows: range) -> Outputs:
+        return self.source.outputs(self._batch(view, rows))
+
+    def _allocate(self) -> CacheLayout:
+        probe = self._outputs(0, range(0, min(2, len(self.dataset))))
+        rows = len(self.dataset) * self.views
+        dtype = NUMPY_DTYPE[self.cfg.dtype]
+        classes = probe.logits.shape[-1]
+        if self.cfg.topk is None:
+            specs = {"logits": ((rows, classes), dtype, {})}
+        else:
+            if self.cfg.topk >= classes:
+                raise DistilError(f"cache.topk: {self.cfg.topk} is not below the {classes} classes; lower it or "
+                                  "set it to null to keep full logits.")
+            k = self.cfg.topk
+            specs = {"topk_logp": ((rows, k), dtype, {}), "topk_index": ((rows, k), np.int32, {"classes": classes}),
+                     "rest_mass": ((rows,), np.float32, {})}
+        for tap, feature in probe.features.items():
+            specs[_feature_file(tap)] = ((rows, *feature.shape[1:]), dtype, {"tap": tap})
+        self.folder.mkdir(parents=True, exist_ok=True)
+        arrays = {}
+        for name, (shape, np_dtype, extra) in specs.items():
+            np.lib.format.open_memmap(self.folder / f"{name}.npy", mode="w+", dtype=np_dtype, shape=shape).flush()
+            arrays[name] = {"shape": list(shape), "dtype": np.dtype(np_dtype).name, "crc": {}, **extra}
+        layout = CacheLayout(self.fingerprint, len(self.dataset), self.views, self.cfg.dtype, self.cfg.topk,
+                             arrays, {})
+        atomic_write_text(self.folder / "manifest.json", layout.to_json())
+        return layout
+
+    def build(self) -> CacheLayout:
+        """Fill every missing or corrupt block (all of them for a new or stale cache) and return the layout."""
+        layout = read_layout(self.folder)
+        if layout is None or layout.fingerprint != self.fingerprint or layout.views != self.views \
+                or layout.dtype != self.cfg.dtype or layout.topk != self.cfg.topk:
+            layout = self._allocate()
+        for name, block in corrupt_blocks(self.folder, layout):
+            layout.arrays[name]["crc"].pop(str(block), None)
+        todo = [b for b in range(layout.num_blocks)
+                if any(str(b) not in meta["crc"] for meta in layout.arrays.values())]
+        arrays = {name: np.load(self.folder / f"{name}.npy", mmap_mode="r+") for name in layout.arrays}
+        for block in tqdm(todo, desc="cache", disable=True if self.quiet else None, leave=False):
+            self._fill_block(layout, arrays, block)
+            atomic_write_text(self.folder / "manifest.json", layout.to_json())
+        return layout
+
+    def _fill_block(self, layout: CacheLayout, arrays: dict[str, np.memmap], block: int) -> None:
+        start, stop = block * BLOCK_ROWS, min((block + 1) * BLOCK_ROWS, layout.rows)
+        row = start
+        while row < stop:
+            view, first = divmod(row, layout.samples)
+            last = min(first + self.cfg.batch_size, layout.samples, first + stop - row)
+            out = self._outputs(view, range(first, last))
+            for name, values in self._encode(out, layout).items():
+                arrays[name][row:row + last - first] = values
+            row += last - first
+        for name, array in arrays.items():
+            array.flush()
+            layout.arrays[name]["crc"][str(block)] = _crc(array, block)
+
+    def _encode(self, out: Outputs, layout: CacheLayout) -> dict[str, np.ndarray]:
+        dtype = NUMPY_DTYPE[layout.dtype]
+        if layout.topk is None:
+            encoded = {"logits": out.logits.float().cpu().numpy().astype(dtype)}
+        else:
+            logp = torch.log_softmax(out.logits.float(), dim=-1)
+            values, index = logp.topk(layout.topk, dim=-1)
+            rest = (1 - values.exp().sum(-1)).clamp_min(0)
+            encoded = {"topk_logp": values.cpu().numpy().astype(dtype),
+                       "topk_index": index.cpu().numpy().astype(np.int32), "rest_mass": rest.cpu().numpy()}
+        for tap, feature in out.features.items():
+            encoded[_feature_file(tap)] = feature.float().cpu().numpy().astype(dtype)
+        return encoded
+
+
+def open_cache(folder: Path, expected_fingerprint: str | None = None, verify: bool = True) -> TeacherCache:
+    """Open a finished cache; a missing, stale, incomplete or corrupt one is a DistilError saying how to rebuild."""
+    folder = Path(folder)
+    layout = read_layout(folder)
+    rebuild = f"rebuild it with `distil cache RECIPE` or delete {folder}"
+    if layout is None:
+        raise DistilError(f"{folder} holds no teacher cache (no readable manifest.json); {rebuild}.")
+    if expected_fingerprint is not None and layout.fingerprint != expected_fingerprint:
+        raise DistilError(f"the teacher cache in {folder} was built from another teacher, data or settings "
+                          f"(fingerprint mismatch); {rebuild}.")
+    missing = [n for n, meta in layout.arrays.items() if len(meta["crc"]) < layout.num_blocks]
+    if missing:
+        raise DistilError(f"the teacher cache in {folder} is incomplete ({missing[0]}); {rebuild}.")
+    if verify:
+        bad = corrupt_blocks(folder, layout)
+        if bad:
+            name, block = bad[0]
+            raise DistilError(f"the teacher cache in {folder} is corrupt ({name}.npy block {block} fails its "
+                              f"checksum); {rebuild}.")
+    return TeacherCache(folder, layout)
+
