@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from distil import distributed
 from distil.batch import Batch
 from distil.checkpoint import atomic_write_text
 from distil.data import IndexedTensorDataset
@@ -196,19 +197,34 @@ class CacheBuilder:
         return layout
 
     def build(self) -> CacheLayout:
-        """Fill every missing or corrupt block (all of them for a new or stale cache) and return the layout."""
+        """Fill every missing or corrupt block (all of them for a new or stale cache) and return the layout.
+
+        Under torchrun the blocks are shared out by rank; rank 0 allocates the files and writes the manifest.
+        """
         layout = read_layout(self.folder)
+        distributed.barrier()  # every rank has read the old manifest before rank 0 replaces it
         if layout is None or layout.fingerprint != self.fingerprint or layout.views != self.views \
                 or layout.dtype != self.cfg.dtype or layout.topk != self.cfg.topk:
-            layout = self._allocate()
-        for name, block in corrupt_blocks(self.folder, layout):
+            if distributed.is_main():
+                self._allocate()
+            distributed.barrier()
+            layout = read_layout(self.folder)
+        bad = corrupt_blocks(self.folder, layout) if distributed.is_main() else None
+        for name, block in distributed.broadcast_object(bad):
             layout.arrays[name]["crc"].pop(str(block), None)
         todo = [b for b in range(layout.num_blocks)
                 if any(str(b) not in meta["crc"] for meta in layout.arrays.values())]
+        rank, world = distributed.shard()
         arrays = {name: np.load(self.folder / f"{name}.npy", mmap_mode="r+") for name in layout.arrays}
-        for block in tqdm(todo, desc="cache", disable=True if self.quiet else None, leave=False):
+        hide = True if self.quiet or not distributed.is_main() else None
+        for block in tqdm(todo[rank::world], desc="cache", disable=hide, leave=True, unit="block"):
             self._fill_block(layout, arrays, block)
             atomic_write_text(self.folder / "manifest.json", layout.to_json())
+        for part in distributed.all_gather_object({name: meta["crc"] for name, meta in layout.arrays.items()}):
+            for name, crcs in part.items():
+                layout.arrays[name]["crc"].update(crcs)
+        atomic_write_text(self.folder / "manifest.json", layout.to_json())
+        distributed.barrier()  # the finished manifest is on disk for every rank
         return layout
 
     def _fill_block(self, layout: CacheLayout, arrays: dict[str, np.memmap], block: int) -> None:

@@ -1,4 +1,4 @@
-"""The `distil` command: run, methods, models, eval, report."""
+"""The `distil` command: run, methods, models, eval, report, export, serve."""
 
 from __future__ import annotations
 
@@ -30,10 +30,12 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or table")] = False,
 ) -> None:
     """Train the teacher, distill the student, train the student alone, evaluate all three and write the report."""
+    from distil.distributed import is_main
     from distil.pipeline import run_recipe
     from distil.recipe import load_recipe
     from distil.report import gains, render_gains, render_text
 
+    quiet = quiet or not is_main()  # under torchrun only rank 0 prints
     loaded = load_recipe(recipe, set_)
     result = run_recipe(loaded, runs_dir, resume=resume, overwrite=overwrite, quiet=quiet)
     say(render_text(result.results), quiet)
@@ -64,12 +66,36 @@ def cache(
 
 
 @app.command()
+def sweep(
+    recipe: Annotated[Optional[Path], typer.Argument(help="recipe YAML (default: the built-in digits recipe)")] = None,
+    param: Annotated[list[str], typer.Option("--param", help="a searched field: KEY=a,b,c (choices), KEY=LOW:HIGH "
+                                             "or KEY=LOW:HIGH:log (a range)")] = [],  # noqa: B006
+    set_: Annotated[list[str], typer.Option("--set", help="a fixed override for every trial")] = [],  # noqa: B006
+    trials: Annotated[int, typer.Option(help="finished trials wanted in the study (earlier runs count)")] = 20,
+    jobs: Annotated[int, typer.Option(help="trials run at once, in processes (at most the cores)")] = 1,
+    name: Annotated[Optional[str], typer.Option(help="sweep folder under --runs-dir (default: <recipe name>-sweep)")]
+    = None,
+    runs_dir: Annotated[Path, typer.Option(help="where run folders are written")] = Path("runs"),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no per-trial lines")] = False,
+) -> None:
+    """Search recipe settings with Optuna (resumable SQLite study), maximizing the student's validation accuracy."""
+    from distil.sweep import run_sweep
+
+    best = run_sweep(recipe, param, trials=trials, jobs=jobs, overrides=set_, runs_dir=runs_dir, name=name,
+                     quiet=quiet)
+    settings = " ".join(f"--set {k}={v}" for k, v in best["best_params"].items())
+    say(f"best of {best['trials']} trials: val acc {best['best_value']:.4f} with {settings}", quiet)
+    say(f"report: {best['report']}", quiet)
+
+
+@app.command()
 def methods() -> None:
     """List the registered distillation losses with their parameters and paper."""
     from distil.methods import describe_methods
 
     for row in describe_methods():
-        params = ", ".join(f"{k}={v['default']}" for k, v in row["params"].items()) or "-"
+        params = ", ".join(f"{k}=<required>" if v.get("required") else f"{k}={v['default']}"
+                           for k, v in row["params"].items()) or "-"
         typer.echo(f"{row['name']:<12} {row['summary']}")
         typer.echo(f"{'':<12} params: {params}")
         typer.echo(f"{'':<12} paper: {row['paper']}")
@@ -83,6 +109,11 @@ def models() -> None:
     typer.echo("\n".join(available_models()))
     typer.echo("python:package.module:factory   a user model factory(input_shape=..., num_classes=...)")
     typer.echo("checkpoint:path/to/model.pt     a model saved by distil")
+    from distil.text.models import TEXT_BUILDERS
+
+    typer.echo("hf:path/to/local/hf/folder      text: a local Hugging Face sequence classifier (teacher or student)")
+    for name, (_, line) in TEXT_BUILDERS.items():
+        typer.echo(f"{name:<31} text: {line}")
 
 
 @app.command("eval")
@@ -93,8 +124,8 @@ def evaluate(
     split: Annotated[str, typer.Option(help="train, val or test")] = "test",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
 ) -> None:
-    """Evaluate a saved model on a dataset split: accuracy, F1, calibration, size and latency."""
-    from distil.checkpoint import load_model
+    """Evaluate a saved model (plain, pruned or int8) on a dataset split: accuracy, F1, calibration, size, latency."""
+    from distil.compress.files import load_any
     from distil.data import load_dataset
     from distil.engine import predict, resolve_device, targets_of
     from distil.metrics import classification_metrics
@@ -104,14 +135,14 @@ def evaluate(
 
     if split not in {"train", "val", "test"}:
         raise DistilError(f"--split: '{split}' is not a split; use train, val or test.")
-    model, meta = load_model(model_file)
+    model, meta = load_any(model_file)
     splits = load_dataset(DataConfig(name=data, path=data_path))
     if tuple(meta["input_shape"]) != tuple(splits.input_shape) or meta["num_classes"] != splits.num_classes:
         raise DistilError(f"{model_file} expects inputs {tuple(meta['input_shape'])} with {meta['num_classes']} "
                           f"classes but --data {data} has {tuple(splits.input_shape)} with {splits.num_classes}; "
                           "evaluate it on the data it was trained on.")
     dataset = getattr(splits, split)
-    run_device = resolve_device(device)
+    run_device = resolve_device("cpu" if meta.get("quantized") else device)  # int8 kernels run on the CPU
     model = model.to(run_device)
     metrics = classification_metrics(predict(model, dataset, run_device), targets_of(dataset), splits.num_classes)
     metrics.update(profile_model(model, splits.input_shape, run_device))
@@ -127,6 +158,54 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. runs
     path = write_report(run_dir, results)
     typer.echo(render_text(results))
     typer.echo(f"report: {path}")
+
+
+@app.command()
+def explain(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder whose recipe has an explain section")],
+    input_: Annotated[Optional[int], typer.Option("--input", help="also show how test sample N is decided")] = None,
+) -> None:
+    """Print a run's transparent students: scores, rules, feature importance, and a test sample's decision path."""
+    from distil.explain.show import explain_run
+
+    typer.echo(explain_run(run_dir, input_))
+
+
+@app.command()
+def export(
+    target: Annotated[Path, typer.Argument(help="a run folder (runs/<name>) or a model file (.pt)")],
+    out: Annotated[Optional[Path], typer.Option(help="the .onnx file (default: models/student.onnx of the run, "
+                                                     "or the model file's name with .onnx)")] = None,
+    data: Annotated[Optional[str], typer.Option(help="dataset of the parity check (default: the run's data)")] = None,
+    data_path: Annotated[Optional[str], typer.Option(help="file or folder for npz / csv / fashion_mnist")] = None,
+) -> None:
+    """Export a run's shipped fp32 student (or a model file) to ONNX, checked with ONNX Runtime on the test split."""
+    from distil.compress.stage import export_file
+    from distil.recipe import DataConfig
+
+    dest, rep = export_file(target, out, DataConfig(name=data, path=data_path) if data else None)
+    typer.echo(f"exported {dest} ({rep['bytes']:,} bytes, sha256 {rep['sha256'][:16]}…, dynamic batch axis)")
+    typer.echo(f"ONNX Runtime vs PyTorch on {rep['samples']} test samples: max |Δ logit| {rep['max_abs_diff']:.3g} "
+               f"(allowed {rep['atol']:g} + {rep['rtol']:g}·|logit|), top-1 changed on {rep['top1_changed']:.2%} "
+               f"(allowed {rep['max_top1_change']:.2%})")
+    typer.echo(f"latency b=1 on the CPU: ONNX Runtime {rep['latency_ms']['onnx']:.3f} ms, "
+               f"PyTorch {rep['latency_ms']['torch']:.3f} ms")
+
+
+@app.command()
+def serve(
+    target: Annotated[Path, typer.Argument(help="a run folder (serves models/student.onnx, else the PyTorch "
+                                                "student) or a model file (.onnx or .pt)")],
+    host: Annotated[Optional[str], typer.Option(help="address to bind (default 127.0.0.1)")] = None,
+    port: Annotated[Optional[int], typer.Option(help="port (default 8000)")] = None,
+    max_batch: Annotated[Optional[int], typer.Option(help="most inputs per request (default 256)")] = None,
+    max_body_bytes: Annotated[Optional[int], typer.Option(help="largest body in bytes (default 4000000)")] = None,
+    backend: Annotated[str, typer.Option(help="auto, onnx or torch")] = "auto",
+) -> None:
+    """Serve a model over HTTP: POST /predict, GET /metadata, GET /health (defaults from the run's serve section)."""
+    from distil.serve import serve as run_server
+
+    run_server(target, backend=backend, host=host, port=port, max_batch=max_batch, max_body_bytes=max_body_bytes)
 
 
 def main() -> None:

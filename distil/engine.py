@@ -8,6 +8,7 @@ import os
 import random
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from distil import checkpoint
+from distil import checkpoint, distributed
 from distil.batch import Batch, iterate, num_batches
 from distil.data.augment import view_of
 from distil.errors import DistilError
@@ -26,7 +27,8 @@ from distil.methods.base import Outputs
 from distil.methods.objective import Objective
 from distil.recipe import AugmentConfig, TrainConfig
 from distil.runlog import MetricsLog
-from distil.teachers import TeacherSource
+from distil.taps import Taps
+from distil.teachers import TeacherSource, as_outputs
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -67,10 +69,11 @@ def set_rng_state(state: dict) -> None:
 
 
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    """SGD (Nesterov-free, with momentum) or AdamW over `params`."""
+    """SGD (Nesterov-free, with momentum) or AdamW over `params`; fused when bad steps are skipped on device."""
+    fused = True if cfg.max_bad_steps else None  # fused kernels take `found_inf` and skip a step without a sync
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
 def lr_factor(cfg: TrainConfig, steps_per_epoch: int, epochs: int) -> Callable[[int], float]:
@@ -97,7 +100,8 @@ def predict(model: nn.Module, dataset: Dataset, device: torch.device, batch_size
     """Logits of `model` on every sample of `dataset`, in order, on the CPU."""
     was_training = model.training
     model.eval()
-    chunks = [model(b.x.to(device)).float().cpu() for b in iterate(dataset, batch_size, shuffle=False)]
+    chunks = [as_outputs(model(b.x.to(device))).logits.float().cpu()
+              for b in iterate(dataset, batch_size, shuffle=False)]
     model.train(was_training)
     return torch.cat(chunks) if chunks else torch.empty(0)
 
@@ -118,7 +122,13 @@ class FitResult:
 
 @dataclass
 class Fit:
-    """One training stage: a model learning `objective` on `train`, validated on `val`."""
+    """One training stage: a model learning `objective` on `train`, validated on `val`.
+
+    Hooks for strategies: before every step the engine calls `set_progress(p)` on each module of the objective
+    that has one, p in [0, 1) being how far through the stage the step is (schedules move loss weights and
+    temperatures with it); `batch_transform(batch, model)`, when given, replaces each training batch after
+    `prepare_batch` and before the teacher sees it (mixup, cutmix, adversarial samples of the model).
+    """
 
     stage: str
     model: nn.Module
@@ -135,6 +145,7 @@ class Fit:
     log: MetricsLog | None = None
     quiet: bool = False
     augment: AugmentConfig | None = None
+    batch_transform: Callable[[Batch, nn.Module], Batch] | None = None
 
     def prepare_batch(self, batch: Batch, epoch: int) -> Batch:
         """Move a batch to the device and, with augmentation, replace it by this epoch's view of its samples."""
@@ -153,9 +164,16 @@ class Fit:
         if stop_cfg.patience and not has_val:
             raise DistilError("train.early_stopping.patience needs a validation split; set data.val_fraction > 0.")
         epochs = self.epochs or cfg.epochs
+        for method in self.objective.methods:  # terms that configure the models (e.g. ask for hidden states) do it
+            if hasattr(method, "attach"):      # here, before their own new parameters join the optimizer
+                method.attach(self.model, self.teacher)
         model, objective = self.model.to(device), self.objective.to(device)
         if device.type == "cuda" and _is_conv_net(model):
             model.to(memory_format=torch.channels_last)
+        self._prepare_objective(model, objective)  # taps hooked, connectors built: before the optimizer sees them
+        saved = self._load_checkpoint() if resume else None
+        if saved is None:
+            self._pretrain(model, objective)
         params = [p for p in list(model.parameters()) + list(objective.parameters()) if p.requires_grad]
         optimizer = make_optimizer(params, cfg, self.lr or cfg.lr)
         steps_per_epoch = max(1, num_batches(self.train, cfg.batch_size) // cfg.accumulate)
@@ -163,7 +181,9 @@ class Fit:
 
         history: list[dict] = []
         start_epoch, best, best_state, bad_epochs = 0, None, None, 0
-        saved = self._load_checkpoint() if resume else None
+        self._bad_steps = torch.zeros((), device=device, dtype=torch.long)  # skipped non-finite steps, this stage
+        self._first_bad = torch.full((), -1, device=device, dtype=torch.long)
+        self._last_bad = torch.full((), -1, device=device, dtype=torch.long)
         if saved is not None:
             model.load_state_dict(saved["model"])
             objective.load_state_dict(saved["objective"])
@@ -172,17 +192,20 @@ class Fit:
             set_rng_state(saved["rng"])
             history, start_epoch = saved["history"], saved["epoch"]
             best, best_state, bad_epochs = saved["best"], saved["best_state"], saved["bad_epochs"]
+            self._bad_steps.fill_(saved.get("bad_steps", 0))
             if self.log is not None:
-                self.log.rewind(self.stage, start_epoch)
+                self.log.restore(self.stage, history)
 
         # None lets tqdm hide itself when stderr is not a terminal; --quiet and CI hide it always
-        hide = True if self.quiet or os.environ.get("CI") else None
+        hide = True if self.quiet or os.environ.get("CI") or not distributed.is_main() else None
         bar = tqdm(range(start_epoch, epochs), desc=self.stage, disable=hide,
-                   initial=start_epoch, total=epochs, leave=False)
+                   initial=start_epoch, total=epochs, leave=True, unit="epoch")
         stopped_early = False
-        forward = torch.compile(model) if cfg.compile else model  # same parameters; the compiled graph runs steps
+        forward = distributed.wrap(model, device)  # DDP under torchrun: gradients averaged over ranks
+        forward = torch.compile(forward) if cfg.compile else forward  # same parameters; the compiled graph runs steps
         for epoch in bar:
-            record = self._train_epoch(epoch, model, forward, objective, optimizer, scheduler)
+            with self._hooks():  # the student's taps are hooked while it trains, not while it is validated
+                record = self._train_epoch(epoch, model, forward, objective, optimizer, scheduler)
             if has_val:
                 record.update(self._validate(model))
             history.append(record)
@@ -202,6 +225,9 @@ class Fit:
                 break
         if best_state is not None:
             model.load_state_dict(best_state)
+        for method in objective.methods:
+            if hasattr(method, "detach"):
+                method.detach()
         model.eval()
         return FitResult(model, history, stopped_early)
 
@@ -215,50 +241,153 @@ class Fit:
         loss_sum = torch.zeros((), device=device)
         term_sums: dict[str, torch.Tensor] = {}
         correct = torch.zeros((), device=device, dtype=torch.long)
-        first_bad = torch.full((), -1, device=device, dtype=torch.long)
-        seen = 0
+        seen = torch.zeros((), device=device, dtype=torch.long)
         start = time.perf_counter()
         steps = num_batches(self.train, cfg.batch_size)
         optimizer.zero_grad(set_to_none=True)
         batches = iterate(self.train, cfg.batch_size, shuffle=True, generator=generator,
-                          num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+                          num_workers=cfg.num_workers, pin_memory=device.type == "cuda", shard=distributed.shard())
+        listeners = [m for m in objective.modules() if callable(getattr(m, "set_progress", None))]
         for step, batch in enumerate(batches):
+            for listener in listeners:
+                listener.set_progress((epoch * steps + step) / max(1, (self.epochs or cfg.epochs) * steps))
             batch = self.prepare_batch(batch, epoch)
+            if self.batch_transform is not None:
+                batch = self.batch_transform(batch, model)
             teacher_out = self.teacher.outputs(batch) if self.objective.needs_teacher else None
             with autocast:
-                student_out = Outputs(forward(batch.x))
+                student_out = self._student_outputs(forward, batch)
                 loss, terms = objective(student_out, teacher_out, batch.y)
             (loss / cfg.accumulate).backward()
+            bad = ~torch.isfinite(loss.detach())  # stays on the device: no host sync per step
             if (step + 1) % cfg.accumulate == 0 or step + 1 == steps:
-                if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                bad = bad | self._optimizer_step(optimizer, objective)
+                self._bad_steps += bad
                 scheduler.step()
             global_step = epoch * steps + step
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), global_step, first_bad)
+            self._first_bad = torch.where((self._first_bad < 0) & bad, global_step, self._first_bad)
+            self._last_bad = torch.where(bad, global_step, self._last_bad)
             n = batch.y.shape[0]
-            seen += n
-            loss_sum += loss.detach().float() * n
+            seen += torch.where(bad, 0, n)
+            loss_sum += torch.where(bad, 0.0, loss.detach().float() * n)
             for name, value in terms.items():
-                term_sums[name] = term_sums.get(name, 0) + value.float() * n
-            correct += (student_out.logits.detach().argmax(-1) == batch.y).sum()
+                term_sums[name] = term_sums.get(name, 0) + torch.where(bad, 0.0, value.float() * n)
+            correct += torch.where(bad, 0, (student_out.logits.detach().argmax(-1) == batch.y).sum())
             if (step + 1) % cfg.log_every == 0:
-                self._check_finite(first_bad, epoch)
-        self._check_finite(first_bad, epoch)
-        record = {"stage": self.stage, "epoch": epoch + 1, "loss": loss_sum.item() / seen,
-                  "train_acc": correct.item() / seen, "lr": optimizer.param_groups[0]["lr"],
+                self._check_finite(epoch)
+        self._check_finite(epoch)
+        # one all-reduce per epoch: the record holds the sums over every rank's shard
+        totals = distributed.all_reduce_sum(torch.stack([seen.float(), correct.float(), loss_sum, *term_sums.values()]))
+        seen_all, correct_all, loss_all, *term_all = totals.tolist()
+        seen_all = seen_all or math.nan  # every step of the epoch skipped: no loss or accuracy to report
+        record = {"stage": self.stage, "epoch": epoch + 1, "loss": loss_all / seen_all,
+                  "train_acc": correct_all / seen_all, "lr": optimizer.param_groups[0]["lr"],
                   "seconds": round(time.perf_counter() - start, 4)}
-        record.update({f"loss_{k}": v.item() / seen for k, v in term_sums.items()})
+        record.update({f"loss_{k}": v / seen_all for k, v in zip(term_sums, term_all)})
         return record
 
-    def _check_finite(self, first_bad: torch.Tensor, epoch: int) -> None:
-        bad_step = int(first_bad.item())
-        if bad_step >= 0:
-            path = self.checkpoint_path
-            kept = f"the last good checkpoint {path} is kept" if path else "nothing was saved"
-            raise DistilError(f"{self.stage}: the loss became NaN or infinite at step {bad_step} (epoch {epoch + 1}); "
-                              f"{kept}; lower train.lr or set train.grad_clip.")
+    def _hooks(self) -> AbstractContextManager:
+        """The student's taps as a context (hooks registered inside it only), or a no-op when no loss taps it."""
+        return self._taps if self._taps is not None else nullcontext()
+
+    def _student_outputs(self, forward: nn.Module, batch: Batch) -> Outputs:
+        """The student's outputs for a batch: logits, the features its taps captured, and the sample indices."""
+        out = as_outputs(forward(batch.x))
+        features = {**out.features, **self._taps.pop()} if self._taps is not None else out.features
+        return Outputs(out.logits, features, batch.index)
+
+    def _prepare_objective(self, model: nn.Module, objective: Objective) -> None:
+        """Check and hook the taps the losses read, then let terms build their parameters from one probe batch.
+
+        The probe runs the student in eval mode without gradients, so BatchNorm statistics and the run stay as
+        they would be without it; nothing runs when no term taps features or builds parameters.
+        """
+        taps = objective.student_taps()
+        self._taps = Taps(model, taps, role="student", field="distill.losses") if taps else None
+        if objective.teacher_taps() and hasattr(self.teacher, "tap"):  # a live teacher hooks them; a cache has them
+            self.teacher.tap(objective.teacher_taps())
+        if not objective.needs_probe:
+            return
+        batch = self.prepare_batch(next(iter(iterate(self.train, self.cfg.batch_size, shuffle=False))), 0)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad(), self._hooks():
+            student_out = self._student_outputs(model, batch)
+        model.train(was_training)
+        teacher_out = self.teacher.outputs(batch) if objective.needs_teacher else None
+        objective.prepare(student_out, teacher_out, num_samples=len(self.train))
+        objective.to(self.device)
+
+    def _pretrain(self, model: nn.Module, objective: Objective) -> None:
+        """Run the stages terms need before distillation (FT's paraphraser, AB's initialisation), each logged as
+        `<stage>:<term>`; on resume from a checkpoint they are over and their result is in the checkpoint."""
+        for name, plan in objective.pretrainings(model):
+            stage = f"{self.stage}:{name}"
+            if self.log is not None:
+                self.log.drop_stage(stage)
+            flags = [p.requires_grad for p in plan.parameters]
+            for p in plan.parameters:
+                p.requires_grad_(True)
+            optimizer = make_optimizer(plan.parameters, self.cfg, self.lr or self.cfg.lr)
+            model.train()
+            objective.train()
+            for epoch in range(plan.epochs):
+                start, total, seen = time.perf_counter(), torch.zeros((), device=self.device), 0
+                generator = torch.Generator().manual_seed(self.seed * 1_000_003 + 500_009 + epoch)
+                with self._hooks():
+                    for batch in iterate(self.train, self.cfg.batch_size, shuffle=True, generator=generator):
+                        batch = self.prepare_batch(batch, epoch)
+                        student_out = self._student_outputs(model, batch) if plan.needs_student else None
+                        loss = plan.loss(student_out, self.teacher.outputs(batch), batch.y)
+                        loss.backward()
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                        total += loss.detach().float() * len(batch.y)
+                        seen += len(batch.y)
+                record = {"stage": stage, "epoch": epoch + 1, "loss": total.item() / max(1, seen),
+                          "seconds": round(time.perf_counter() - start, 4)}
+                if not math.isfinite(record["loss"]):
+                    raise DistilError(f"{stage}: the loss became NaN or infinite before distillation; lower train.lr.")
+                if self.log is not None:
+                    self.log.write(record)
+            for p, flag in zip(plan.parameters, flags):
+                p.requires_grad_(flag)
+
+    def _optimizer_step(self, optimizer: torch.optim.Optimizer, objective: Objective) -> torch.Tensor:
+        """Clip and step; returns whether the gradients were NaN/inf, as a device tensor.
+
+        With train.max_bad_steps > 0 the fused optimizer skips such a step on the device (its `found_inf`).
+        """
+        distributed.average_gradients([p for p in objective.parameters() if p.requires_grad])
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        grads = [p.grad for p in params if p.grad is not None]
+        norm = nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
+        if self.cfg.grad_clip:
+            nn.utils.clip_grads_with_norm_(params, self.cfg.grad_clip, norm)
+        bad = ~torch.isfinite(norm)
+        if self.cfg.max_bad_steps:
+            optimizer.found_inf = bad.float()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return bad
+
+    def _check_finite(self, epoch: int) -> None:
+        """Stop (a host sync, every train.log_every steps and at epoch end) when non-finite steps pass the limit."""
+        first = torch.where(self._first_bad >= 0, -self._first_bad, -(2**62))
+        state = distributed.all_reduce_max(torch.stack([self._bad_steps, first, self._last_bad]))
+        count, first_step, last_step = (int(v) for v in state.tolist())
+        limit = self.cfg.max_bad_steps
+        if last_step < 0 or (limit and count <= limit):
+            return
+        path = self.checkpoint_path
+        kept = f"the last good checkpoint {path} is kept" if path else "nothing was saved"
+        fix = "lower train.lr or set train.grad_clip"
+        if not limit:
+            raise DistilError(f"{self.stage}: the loss or its gradients became NaN or infinite at step {-first_step} "
+                              f"(epoch {epoch + 1}); {kept}; {fix}.")
+        raise DistilError(f"{self.stage}: {count} steps had a NaN or infinite loss or gradients, more than "
+                          f"train.max_bad_steps={limit}; the last was step {last_step} (epoch {epoch + 1}); {kept}; "
+                          f"{fix}, or raise train.max_bad_steps.")
 
     def _validate(self, model: nn.Module) -> dict:
         logits = predict(model, self.val, self.device)
@@ -268,18 +397,21 @@ class Fit:
 
     def _save_checkpoint(self, epoch: int, model, objective, optimizer, scheduler, history, best, best_state,
                          bad_epochs) -> None:
-        if self.checkpoint_path is None:
+        if self.checkpoint_path is None or not distributed.is_main():
             return
-        checkpoint.save(self.checkpoint_path, {
+        checkpoint.save_checkpoint(self.checkpoint_path, {
             "stage": self.stage, "epoch": epoch, "model": model.state_dict(), "objective": objective.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
             "history": history, "best": best, "best_state": best_state, "bad_epochs": bad_epochs,
+            "bad_steps": int(self._bad_steps),
         })
 
     def _load_checkpoint(self) -> dict | None:
-        if self.checkpoint_path is None or not self.checkpoint_path.is_file():
+        if self.checkpoint_path is None:
             return None
-        saved = checkpoint.load(self.checkpoint_path)
+        saved = checkpoint.load_checkpoint(self.checkpoint_path)
+        if saved is None:
+            return None
         if saved.get("stage") != self.stage:
             raise DistilError(f"checkpoint {self.checkpoint_path} belongs to stage '{saved.get('stage')}', "
                               f"not '{self.stage}'; remove it or start a new run.")

@@ -1,4 +1,4 @@
-"""A recipe's run, stage by stage (teach, distill, alone, evaluate, report), in its resumable run folder."""
+"""A recipe's run, stage by stage (teach, distill, alone, compress, export, evaluate, report), in its run folder."""
 
 from __future__ import annotations
 
@@ -9,23 +9,34 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from distil import checkpoint
+from distil import checkpoint, distributed
 from distil.cache import CacheBuilder, TeacherCache, fingerprint, open_cache, read_layout
+from distil.card import write_model_card
+from distil.compress.stage import Ship
 from distil.data import Splits, load_dataset
 from distil.data.augment import view_of
-from distil.engine import Fit, predict, resolve_device, seed_everything, targets_of
+from distil.engine import Fit, predict, seed_everything, targets_of
 from distil.errors import DistilError
-from distil.methods import build_objective
+from distil.explain.stage import run_explain
+from distil.methods import teacher_taps
 from distil.methods.base import method_class
 from distil.metrics import classification_metrics
 from distil.models import build_model
 from distil.profile import profile_model
 from distil.recipe import LossTerm, ModelConfig, Recipe, dump_recipe
 from distil.report import gains, write_report
+from distil.report_html import save_predictions
 from distil.runlog import MetricsLog
+from distil.strategies.augment_distill import augmentation
+from distil.strategies.dispatch import run_strategy
+from distil.strategies.finetune import finetune
+from distil.strategies.schedules import scheduled_objective
+from distil.strategies.trainer import Transform
 from distil.teachers import LiveTeacher, TeacherSource
+from distil.trackers import open_trackers
 
-ROLES = {"teacher": "teacher", "student": "student (distilled)", "alone": "student (alone)"}
+ROLES = {"teacher": "teacher", "student": "student (distilled)", "alone": "student (alone)",
+         "pruned": "student (pruned)", "finetuned": "student (distilled + fine-tuned)"}
 
 
 @dataclass
@@ -78,17 +89,19 @@ class Run:
         self.recipe = recipe
         self.dir = Path(runs_dir) / recipe.name
         self.resume = resume
-        self.quiet = quiet
+        self.quiet = quiet or not distributed.is_main()
+        self.device = distributed.setup(recipe.device)  # joins the process group under torchrun
         self._prepare_folder(overwrite)
-        self.log = MetricsLog(self.dir / "metrics.jsonl")
-        self.device = resolve_device(recipe.device)
+        trackers = open_trackers(recipe.track, self.dir, recipe.name, recipe.model_dump(mode="json")) \
+            if distributed.is_main() else []
+        self.log = MetricsLog(self.dir / "metrics.jsonl", trackers)
         self.splits = load_dataset(recipe.data, seed=recipe.seed)
 
     def _prepare_folder(self, overwrite: bool) -> None:
         saved = self.dir / "recipe.yaml"
         text = dump_recipe(self.recipe)
         if self.dir.exists() and any(self.dir.iterdir()):
-            if overwrite:
+            if overwrite and distributed.is_main():
                 shutil.rmtree(self.dir)
             elif not self.resume:
                 raise DistilError(f"run folder {self.dir} already exists; pass --resume to continue it, --overwrite "
@@ -96,6 +109,7 @@ class Run:
             elif saved.is_file() and saved.read_text(encoding="utf-8") != text:
                 raise DistilError(f"--resume: the recipe differs from {saved}; resume with the same recipe and "
                                   "overrides, or start a new run with --set name=....")
+        distributed.barrier()  # every rank has looked at the folder before rank 0 writes into it
         checkpoint.atomic_write_text(saved, text)
 
     def model_path(self, role: str) -> Path:
@@ -111,17 +125,17 @@ class Run:
 
     def train_stage(self, stage: str, role: str, cfg: ModelConfig, terms: list[LossTerm], *,
                     teacher: TeacherSource | None = None, epochs: int | None = None,
-                    lr: float | None = None) -> nn.Module:
+                    lr: float | None = None, batch_transform: Transform | None = None) -> nn.Module:
         """Train (or, when its model file exists on resume, load) the model of `role` against `terms`."""
         done = self.model_path(role)
         if self.resume and done.is_file():
             return checkpoint.load_model(done)[0].to(self.device)
         seed_everything(self.recipe.seed)  # same seed per stage: distilled and alone students start identical
         model = make_model(cfg, self.splits, role)
-        fit = Fit(stage=stage, model=model, objective=build_objective(terms), train=self.splits.train,
+        fit = Fit(stage=stage, model=model, objective=scheduled_objective(terms), train=self.splits.train,
                   val=self.splits.val, cfg=self.recipe.train, device=self.device, seed=self.recipe.seed,
                   teacher=teacher, epochs=epochs, lr=lr, checkpoint_path=self.dir / "checkpoints" / f"{stage}.ckpt",
-                  log=self.log, quiet=self.quiet, augment=self.recipe.data.augment)
+                  log=self.log, quiet=self.quiet, augment=self.recipe.data.augment, batch_transform=batch_transform)
         if not self.resume:
             self.log.drop_stage(stage)
         model = fit.run(resume=self.resume).model
@@ -143,10 +157,13 @@ class Run:
         views = aug.views if aug.active else 1
         settings = {"data": self.recipe.data.model_dump(mode="json"), "seed": self.recipe.seed, "views": views,
                     "dtype": c.dtype, "topk": c.topk}
+        taps = teacher_taps(self.recipe.distill.losses)  # teacher features the losses read are cached too
+        if taps:
+            settings["taps"] = taps
         expected = fingerprint(teacher, self.splits.train, settings)
         if c.path and (layout := read_layout(folder)) is not None and layout.fingerprint != expected:
             return open_cache(folder, expected)  # a cache given by path is never overwritten: this refuses it
-        source = LiveTeacher(teacher)
+        source = LiveTeacher(teacher, taps=taps)
         CacheBuilder(folder, source, self.splits.train, c, views=views, fingerprint=expected, device=self.device,
                      transform=lambda b: view_of(b, b.view, aug, self.recipe.seed), quiet=self.quiet).build()
         return open_cache(folder, expected, verify=False)  # the build just checked every block
@@ -158,7 +175,8 @@ class Run:
             source = None  # finished: train_stage loads the student
         else:
             source = self.cache(teacher) if self.recipe.cache is not None else LiveTeacher(teacher)
-        return self.train_stage("distill", "student", self.recipe.student, d.losses, teacher=source, epochs=d.epochs)
+        return self.train_stage("distill", "student", self.recipe.student, d.losses, teacher=source, epochs=d.epochs,
+                                batch_transform=augmentation(d.augment))
 
     def alone(self) -> nn.Module:
         """The same student trained on the labels only: the baseline distillation must beat."""
@@ -173,28 +191,52 @@ class Run:
         target = targets_of(test)
         logits = {role: predict(m, test, self.device) for role, m in models.items()}
         teacher_logits = logits.get("teacher")
+        save_predictions(self.dir / "predictions.npz", target, logits, self.splits.class_names)
         results = {}
         for role, model in models.items():
             metrics = classification_metrics(logits[role], target, self.splits.num_classes,
                                              teacher_logits=teacher_logits, ece_bins=e.ece_bins)
-            metrics.update(profile_model(model, self.splits.input_shape, self.device, latency_batch=e.latency_batch,
-                                         throughput_batch=e.throughput_batch, repeats=e.latency_repeats))
-            results[role] = {"label": ROLES[role], **metrics}
+            if hasattr(self.splits, "profile"):  # text: timed on real tokenized test sentences
+                metrics.update(self.splits.profile(model, self.device, e))
+            else:
+                metrics.update(profile_model(model, self.splits.input_shape, self.device,
+                                             latency_batch=e.latency_batch, throughput_batch=e.throughput_batch,
+                                             repeats=e.latency_repeats))
+            results[role] = {"label": ROLES.get(role, role), **metrics}
             self.log.write({"stage": "evaluate", "model": role, **metrics})
         return {"name": self.recipe.name, "dataset": self.splits.name, "test_samples": len(test),
                 "device": str(self.device), "models": results}
 
     def execute(self) -> RunResult:
         """Run every stage in order and write results.json and report.md."""
-        teacher = self.teach()
-        models = {"teacher": teacher, "student": self.distill(teacher)}
-        if self.recipe.distill.baseline:
-            models["alone"] = self.alone()
+        outcome = run_strategy(self) if self.recipe.distill.strategy != "offline" else None  # distil/strategies
+        if outcome is None:
+            teacher = self.teach()
+            models = {"teacher": teacher, "student": self.distill(teacher)}
+            if self.recipe.distill.baseline:
+                models["alone"] = self.alone()
+        else:
+            teacher, models = outcome.teacher, outcome.models
+        if self.recipe.finetune is not None:
+            models["finetuned"] = finetune(self, models["student"])
+        ship = Ship(self, teacher, models["student"]) if self.recipe.compress or self.recipe.export else None
+        if ship is not None:
+            models.update(ship.compress())  # prune (+ recovery distillation) and quantize
         self.log.drop_stage("evaluate")
-        results = self.evaluate(models)
-        results["gains"] = gains(results)
-        write_report(self.dir, results)
-        return RunResult(self.dir, results)
+        results = self.evaluate(models) if distributed.is_main() else {}  # rank 0 measures; the others wait
+        if self.recipe.explain is not None:  # every rank: the soft tree trains like any student
+            results["explain"] = run_explain(self, teacher)
+        if distributed.is_main():
+            if ship is not None:
+                ship.export()  # ONNX, checked against PyTorch; a mismatch fails the run
+                ship.finish(results)
+            if outcome is not None:
+                outcome.annotate(results)  # the strategy's labels and tables (per generation, per task)
+            results["gains"] = gains(results)
+            write_report(self.dir, results)
+            write_model_card(self.dir, self.recipe, results)
+        self.log.close()
+        return RunResult(self.dir, distributed.broadcast_object(results))
 
 
 def run_recipe(recipe: Recipe, runs_dir: Path | str = "runs", *, resume: bool = False, overwrite: bool = False,

@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from distil.errors import DistilError
+from distil.explain.config import ExplainConfig
+from distil.text.config import TextDataConfig, TextModelConfig, share_teacher_tokenizer
 
 
 class StrictModel(BaseModel):
@@ -41,6 +43,15 @@ class AugmentConfig(StrictModel):
         return bool(self.crop_padding or self.flip or self.noise)
 
 
+class UnlabeledConfig(StrictModel):
+    """The transfer_set strategy's unlabeled pool: a share of the training split (labels hidden) or another dataset."""
+
+    fraction: float | None = Field(None, gt=0, lt=1, description="hold out this share of the training split")
+    name: str | None = Field(None, description="or: a dataset (same names as data.name) whose inputs form the pool")
+    path: str | None = None
+    limit: int | None = Field(None, ge=10)
+
+
 class DataConfig(StrictModel):
     """Where the samples come from and how they are split into train / val / test."""
 
@@ -54,6 +65,8 @@ class DataConfig(StrictModel):
     limit: int | None = Field(None, ge=10)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    text: TextDataConfig = Field(default_factory=TextDataConfig)
+    unlabeled: UnlabeledConfig | None = None
 
 
 class ModelConfig(StrictModel):
@@ -63,6 +76,7 @@ class ModelConfig(StrictModel):
     hidden: list[int] | None = None
     channels: list[int] | None = None
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    text: TextModelConfig | None = None
 
 
 class TeacherConfig(ModelConfig):
@@ -73,6 +87,24 @@ class TeacherConfig(ModelConfig):
     lr: float | None = Field(None, gt=0)
 
 
+class Schedule(StrictModel):
+    """A value that follows the stage's progress p (0 → 1): constant, linear, cosine, step or warm-up."""
+
+    kind: Literal["constant", "linear", "cosine", "step", "warmup"] = "linear"
+    start: float = Field(description="the value at p = 0")
+    end: float | None = Field(None, description="the value at p = 1 (linear, cosine; warmup: after the warm-up)")
+    milestones: list[float] = Field(default_factory=list, description="step: fractions of the stage where the "
+                                    "value is multiplied by gamma")
+    gamma: float = Field(0.1, gt=0)
+    warmup: float = Field(0.1, gt=0, le=1, description="warmup: the share of the stage spent going from start to end")
+
+    @model_validator(mode="after")
+    def _end_when_needed(self) -> Schedule:
+        if self.end is None and self.kind in {"linear", "cosine", "warmup"}:
+            raise ValueError(f"a {self.kind} schedule needs an end value")
+        return self
+
+
 class LossTerm(BaseModel):
     """One weighted term of the distillation objective; its extra keys are the method's parameters."""
 
@@ -80,24 +112,64 @@ class LossTerm(BaseModel):
 
     name: str
     weight: float = 1.0
+    schedule: dict[str, Schedule] | None = Field(None, description="weight or a float parameter (e.g. temperature) "
+                                                 "following a schedule through the stage")
+    sample_weight: Literal["confidence", "correctness"] | None = Field(
+        None, description="weight this teacher term per sample by the teacher's confidence or correctness")
 
     @property
     def params(self) -> dict[str, Any]:
-        """The method-specific parameters (everything but name and weight)."""
+        """The method-specific parameters (everything but name, weight, schedule and sample_weight)."""
         return dict(self.model_extra or {})
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_options(self, handler: Any) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None or k not in {"schedule", "sample_weight"}}
 
 
 def _default_losses() -> list[LossTerm]:
     return [LossTerm(name="ce", weight=0.1), LossTerm(name="kd", weight=0.9, temperature=4.0)]
 
 
+class MemberConfig(TeacherConfig):
+    """A multi_teacher teacher: trained on the labels (of `classes` only, when given) or loaded from `checkpoint`."""
+
+    weight: float = Field(1.0, gt=0, description="its weight in the ensemble")
+    classes: list[int] | None = Field(None, min_length=2, description="the dataset classes its outputs predict, "
+                                      "in output order (default: all)")
+
+
+class DistillAugmentConfig(StrictModel):
+    """Extra distill-stage inputs labelled by the teacher: mixup / cutmix of training pairs, or adversarial samples."""
+
+    kind: Literal["mixup", "cutmix", "fgsm", "pgd"]
+    alpha: float = Field(1.0, gt=0, description="mixup / cutmix: the mixing share is drawn from Beta(alpha, alpha)")
+    eps: float = Field(0.1, gt=0, description="fgsm / pgd: the L-inf radius, in (standardized) input units")
+    steps: int = Field(5, ge=1, description="pgd: attack steps")
+    keep_clean: bool = Field(True, description="train on the clean batch too (else on the new inputs only)")
+
+
 class DistillConfig(StrictModel):
     """How the student learns from the teacher: the weighted loss terms and the baseline to compare with."""
 
-    strategy: Literal["offline"] = "offline"
+    strategy: Literal["offline", "multi_teacher", "online", "self", "transfer_set", "continual"] = "offline"
     losses: list[LossTerm] = Field(default_factory=_default_losses, min_length=1)
     baseline: bool = True
     epochs: int | None = Field(None, ge=1)
+    augment: DistillAugmentConfig | None = None
+    # strategy-specific settings (distil.strategies checks each is used only by its strategy)
+    teachers: list[MemberConfig] = Field(default_factory=list, description="multi_teacher: the teachers")
+    combine: Literal["mean", "weights", "confidence", "best"] = Field("mean", description="multi_teacher")
+    features_from: int = Field(0, ge=0, description="multi_teacher: the teacher whose features the student sees")
+    peers: int = Field(1, ge=1, description="online: copies of the student trained alongside it")
+    online_teacher: bool = Field(False, description="online: the teacher architecture trains jointly too")
+    generations: int = Field(3, ge=1, description="self: student generations after the labels-only one")
+    ensemble: bool = Field(False, description="self: also evaluate the mean of the generations")
+    tasks: int | list[list[int]] | None = Field(None, description="continual: N equal class splits, or the classes")
+    scenario: Literal["task", "class"] = Field("task", description="continual: evaluate within a task or over all")
+    labeled: bool = Field(True, description="transfer_set: also learn from the labeled part")
+    threshold: float | None = Field(None, gt=0, lt=1, description="transfer_set: skip pool samples the teacher is "
+                                    "less confident about")
 
 
 class EarlyStopping(StrictModel):
@@ -127,6 +199,8 @@ class TrainConfig(StrictModel):
     num_workers: int = Field(0, ge=0)
     log_every: int = Field(50, ge=1)
     compile: bool = Field(False, description="torch.compile the student (opt-in)")
+    max_bad_steps: int = Field(0, ge=0, description="optimizer steps with a NaN/inf loss or gradient to skip "
+                               "before stopping (0: stop at the first; >0 uses fused optimizers that skip on device)")
 
 
 class CacheConfig(StrictModel):
@@ -139,6 +213,13 @@ class CacheConfig(StrictModel):
     verify: bool = Field(True, description="check every block's checksum when the cache is opened")
 
 
+class TrackConfig(StrictModel):
+    """Opt-in experiment trackers; metrics.jsonl is always written."""
+
+    tensorboard: bool = Field(False, description="TensorBoard event files in <run>/tensorboard/")
+    mlflow: bool = Field(False, description="an MLflow run in the local store <run>/mlflow.db")
+
+
 class EvalConfig(StrictModel):
     """What the evaluation measures beyond accuracy: calibration bins and the latency / throughput probes."""
 
@@ -146,6 +227,59 @@ class EvalConfig(StrictModel):
     latency_batch: int = Field(1, ge=1)
     throughput_batch: int = Field(256, ge=1)
     latency_repeats: int = Field(50, ge=3)
+
+
+class PruneConfig(StrictModel):
+    """Prune the distilled student, then recover with a short distillation from the unpruned student."""
+
+    method: Literal["structured", "unstructured"] = "structured"
+    amount: float = Field(0.5, gt=0, lt=1, description="fraction of channels per prunable layer (structured) or of "
+                          "all Linear/Conv weights by global magnitude (unstructured) removed")
+    recovery_epochs: int = Field(10, ge=0, description="epochs of recovery distillation (0 = none)")
+    recovery_lr: float | None = Field(None, gt=0, description="learning rate of the recovery (default: train.lr)")
+    losses: list[LossTerm] = Field(default_factory=_default_losses, min_length=1)
+
+
+class QuantizeConfig(StrictModel):
+    """Post-training int8 quantization: dynamic (Linear/LSTM) or static with calibration (FX graph mode)."""
+
+    mode: Literal["auto", "dynamic", "static"] = Field("auto", description="auto: static for conv nets, else dynamic")
+    backend: Literal["x86", "fbgemm", "qnnpack", "onednn"] = "x86"
+    calibration_samples: int = Field(512, ge=1, description="training samples the static observers see")
+
+
+class CompressConfig(StrictModel):
+    """Compression of the distilled student, in order: prune (+ recovery), then quantize."""
+
+    prune: PruneConfig | None = None
+    quantize: QuantizeConfig | None = None
+
+
+class ExportConfig(StrictModel):
+    """ONNX export of the shipped fp32 student, checked against PyTorch with ONNX Runtime on the test split."""
+
+    format: Literal["onnx"] = "onnx"
+    opset: int = Field(18, ge=18, description="ONNX opset version")
+    atol: float = Field(1e-4, ge=0, description="allowed |onnx - torch| per logit: atol + rtol * |torch|")
+    rtol: float = Field(1e-3, ge=0)
+    max_top1_change: float = Field(0.001, ge=0, le=1, description="largest allowed fraction of test samples whose "
+                                   "top-1 class differs between ONNX Runtime and PyTorch")
+
+
+class ServeConfig(StrictModel):
+    """Defaults of `distil serve` for this run's models (command-line options override them)."""
+
+    host: str = Field("127.0.0.1", min_length=1)
+    port: int = Field(8000, ge=1, le=65535)
+    max_batch: int = Field(256, ge=1, description="most inputs one POST /predict may carry")
+    max_body_bytes: int = Field(4_000_000, ge=1024, description="largest request body accepted, in bytes")
+
+
+class FinetuneConfig(StrictModel):
+    """A last stage after distillation: the student trains on the labels only, with a small LR, for a few epochs."""
+
+    epochs: int = Field(3, ge=1)
+    lr: float = Field(1e-4, gt=0)
 
 
 class Recipe(StrictModel):
@@ -158,14 +292,21 @@ class Recipe(StrictModel):
     teacher: TeacherConfig = Field(default_factory=lambda: TeacherConfig(name="mlp", hidden=[512, 512]))
     student: ModelConfig = Field(default_factory=lambda: ModelConfig(name="mlp", hidden=[32]))
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    finetune: FinetuneConfig | None = None
     cache: CacheConfig | None = None
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    track: TrackConfig = Field(default_factory=TrackConfig)
+    explain: ExplainConfig | None = None
+    compress: CompressConfig | None = None
+    export: ExportConfig | None = None
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @model_validator(mode="after")
     def _name_is_a_folder_name(self) -> Recipe:
         if not self.name or any(c in self.name for c in "/\\") or self.name in {".", ".."}:
             raise ValueError("name must be a plain folder name (no slashes)")
+        share_teacher_tokenizer(self)  # text: data and student default to the hf: teacher's tokenizer folder
         return self
 
 
@@ -178,7 +319,7 @@ def builtin_recipe_path(name: str = DEFAULT_RECIPE) -> Path:
 
 
 def _field_path(loc: tuple) -> str:
-    return ".".join(str(part) for part in loc) or "recipe"
+    return ".".join(str(p) if str(p).isprintable() else repr(str(p)) for p in loc) or "recipe"  # one line
 
 
 def validate_recipe(raw: Any, source: str = "recipe") -> Recipe:
@@ -199,6 +340,11 @@ def validate_recipe(raw: Any, source: str = "recipe") -> Recipe:
     from distil.methods import validate_terms  # late import: the registry imports torch
 
     validate_terms(recipe.distill.losses, field="distill.losses")
+    if recipe.compress is not None and recipe.compress.prune is not None:
+        validate_terms(recipe.compress.prune.losses, field="compress.prune.losses")
+    from distil.strategies.checks import check_recipe  # late import, like the registry
+
+    check_recipe(recipe)
     return recipe
 
 
@@ -211,7 +357,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise DistilError(f"--set {text!r}: the key is empty; expected KEY=VALUE, e.g. train.epochs=30.")
     try:
         parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # e.g. 2001-02-30 or deep nesting: keep the text
         parsed = value
     return key.strip().split("."), parsed
 
@@ -254,6 +400,9 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         raise DistilError(f"recipe file {source} is not valid YAML{where}; fix its syntax.") from None
     except UnicodeDecodeError:
         raise DistilError(f"recipe file {source} is not UTF-8 text; save it as UTF-8 YAML.") from None
+    except (ValueError, RecursionError) as exc:  # PyYAML raises these for impossible dates and deep nesting
+        raise DistilError(f"recipe file {source} holds a value YAML cannot read ({str(exc)[:60]}); quote it or "
+                          "fix it.") from None
     if raw is None:
         raw = {}
     if isinstance(raw, dict) and overrides:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from distil.card import render_shipping
 from distil.checkpoint import atomic_write_text
 from distil.errors import DistilError
+from distil.explain.summary import render_explain
+from distil.strategies.tables import render_strategy
 
 COLUMNS = ["model", "params", "size", "top-1", "macro-F1", "agree(T)", "ECE", "latency b=1", "thrpt b=256"]
 
@@ -95,17 +98,24 @@ def render_markdown(results: dict) -> str:
         "",
         *render_gains(g),
         "",
+        *render_shipping(results),
+        *(render_explain(results["explain"]) if "explain" in results else []),
+        *render_strategy(results),
         "Files: `recipe.yaml` (resolved recipe), `metrics.jsonl` (one line per epoch and stage), "
-        "`models/*.pt` (final models), `checkpoints/` (per-stage training state), `results.json`.",
+        "`models/*.pt` (final models), `checkpoints/` (per-stage training state), `results.json`, "
+        "`predictions.npz` (test predictions), `report.html` (this report with plots).",
         "",
     ])
 
 
 def write_report(run_dir: Path, results: dict) -> Path:
-    """Write results.json and report.md into the run folder (atomically) and return the report's path."""
+    """Write results.json, report.md and report.html into the run folder (atomically); return report.md's path."""
+    from distil.report_html import write_html_report  # matplotlib loads only when a report is written
+
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     path = run_dir / "report.md"
     atomic_write_text(path, render_markdown(results))
+    write_html_report(run_dir, results)
     return path
 
 

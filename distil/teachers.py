@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from contextlib import nullcontext
 from typing import Protocol
 
 import torch
@@ -9,6 +11,7 @@ from torch import nn
 
 from distil.batch import Batch
 from distil.methods.base import Outputs
+from distil.taps import Taps
 
 
 class TeacherSource(Protocol):
@@ -17,6 +20,11 @@ class TeacherSource(Protocol):
     def outputs(self, batch: Batch) -> Outputs:
         """Teacher outputs for `batch` (already on the training device)."""
         ...
+
+
+def as_outputs(out: torch.Tensor | Outputs) -> Outputs:
+    """A model's forward result as Outputs: logits are wrapped; a model may return Outputs (with features) itself."""
+    return out if isinstance(out, Outputs) else Outputs(out)
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -28,14 +36,23 @@ def freeze(model: nn.Module) -> nn.Module:
 
 
 class LiveTeacher:
-    """A frozen model run on each batch under inference mode."""
+    """A frozen model run on each batch under inference mode; `taps` (module paths) add its features to the outputs."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, taps: Iterable[str] = ()) -> None:
         self.model = freeze(model)
+        self.taps: Taps | None = None
+        self.tap(taps)
+
+    def tap(self, taps: Iterable[str]) -> None:
+        """Capture these features too (paths checked now) in every `outputs` from now on; hooks live only per call."""
+        wanted = set(taps) | set(self.taps.taps if self.taps is not None else ())
+        if wanted:
+            self.taps = Taps(self.model, wanted, role="teacher", field="distill.losses")
 
     def outputs(self, batch: Batch) -> Outputs:
         """Run the teacher; the result is cloned out of inference mode so losses may save it for backward."""
         self.model.eval()  # a caller may have toggled train(); the teacher's BatchNorm/dropout stay frozen
-        with torch.inference_mode():
-            logits = self.model(batch.x)
-        return Outputs(logits.clone())
+        with torch.inference_mode(), self.taps if self.taps is not None else nullcontext():
+            out = as_outputs(self.model(batch.x))
+        features = {**out.features, **self.taps.pop()} if self.taps is not None else out.features
+        return Outputs(out.logits.clone(), {k: v.clone() for k, v in features.items()})

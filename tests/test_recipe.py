@@ -19,6 +19,12 @@ def test_builtin_recipe_loads():
     assert [t.name for t in recipe.distill.losses] == ["ce", "kd"]
 
 
+@pytest.mark.parametrize("path", sorted(builtin_recipe_path().parent.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_recipe_validates(path):
+    recipe = load_recipe(path)
+    assert recipe.name and recipe.distill.losses
+
+
 def test_overrides_reach_list_items_and_nested_fields(tmp_path):
     recipe = load_recipe(write(tmp_path, "name: x\n"), ["distill.losses.1.temperature=8", "train.epochs=30"])
     assert recipe.distill.losses[1].params["temperature"] == 8

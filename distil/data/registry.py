@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,19 +38,38 @@ def register(name: str) -> Callable[[Loader], Loader]:
     return add
 
 
+SplitLoader = Callable[[DataConfig], Any]
+_SPLIT_LOADERS: dict[str, SplitLoader] = {}
+
+
+def register_splits(name: str) -> Callable[[SplitLoader], SplitLoader]:
+    """Decorator for a dataset that builds its own Splits (text: tokenized, not standardized arrays)."""
+
+    def add(fn: SplitLoader) -> SplitLoader:
+        _SPLIT_LOADERS[name] = fn
+        return fn
+
+    return add
+
+
+def split_loader(name: str) -> SplitLoader | None:
+    """The loader of a dataset registered with `register_splits`, or None."""
+    return _SPLIT_LOADERS.get(name)
+
+
 def get_loader(name: str) -> Loader:
     """The loader registered under `name`, or DistilError naming the closest names."""
     if name not in _LOADERS:
         raise DistilError(
-            f"data.name: unknown dataset '{name}'{nearest(name, _LOADERS)}; "
-            f"choose one of {', '.join(sorted(_LOADERS))}."
+            f"data.name: unknown dataset '{name}'{nearest(name, available_datasets())}; "
+            f"choose one of {', '.join(available_datasets())}."
         )
     return _LOADERS[name]
 
 
 def available_datasets() -> list[str]:
     """The names `data.name` accepts, sorted."""
-    return sorted(_LOADERS)
+    return sorted([*_LOADERS, *_SPLIT_LOADERS])
 
 
 def require_file(cfg: DataConfig) -> Path:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from distil.data.indexed import IndexedTensorDataset
-from distil.data.registry import Arrays, get_loader
+from distil.data.registry import Arrays, get_loader, split_loader
 from distil.errors import DistilError
 from distil.recipe import DataConfig
 
@@ -35,6 +35,9 @@ def load_dataset(cfg: DataConfig, seed: int | None = None) -> Splits:
     The splits depend on `cfg` alone (its `split_seed`), never on the run's `seed`: every run of a recipe,
     whatever its seed, sees the same samples at the same indices, so teacher caches and comparisons line up.
     """
+    own_splits = split_loader(cfg.name)
+    if own_splits is not None:  # e.g. text datasets, tokenized into their own splits (distil.text)
+        return own_splits(cfg)
     raw = get_loader(cfg.name)(cfg)
     _check(raw, f"data.path: {cfg.path}" if cfg.path else f"dataset '{cfg.name}'")
     if raw.x_test is None or raw.y_test is None:

@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from distil.errors import DistilError
-from distil.methods import logits  # noqa: F401  (registers ce, kd, mse_logits)
+from distil.methods import contrastive, feature, logits, relation, sequence  # noqa: F401  (register the methods)
 from distil.methods.base import REGISTRY, Method, Outputs, method_class, parse_params, register
 from distil.methods.logits import CE, KD, MSELogits
 from distil.methods.objective import Objective, build_objective
+from distil.text import causal, layers  # noqa: F401  (registers the text losses)
 
 __all__ = [
     "CE", "KD", "MSELogits", "Method", "Objective", "Outputs", "REGISTRY",
-    "build_objective", "describe_methods", "method_class", "register", "validate_terms",
+    "build_objective", "describe_methods", "method_class", "register", "teacher_taps", "validate_terms",
 ]
 
 
@@ -31,10 +32,16 @@ def describe_methods() -> list[dict]:
     for name in sorted(REGISTRY):
         cls = REGISTRY[name]
         params = {
-            key: {"default": info.default, "help": info.description or ""}
+            key: {"default": None if info.is_required() else info.get_default(call_default_factory=True),
+                  "required": info.is_required(), "help": info.description or ""}
             for key, info in cls.Params.model_fields.items()
         }
         summary = (cls.__doc__ or "").strip().splitlines()[0]
         rows.append({"name": name, "summary": summary, "paper": cls.paper, "params": params,
                      "needs_teacher": cls.needs_teacher})
     return rows
+
+
+def teacher_taps(terms: Sequence) -> list[str]:
+    """The teacher features recipe loss terms read: what a teacher cache must store besides the logits."""
+    return build_objective(terms).teacher_taps()

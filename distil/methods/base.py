@@ -1,7 +1,9 @@
-"""What every distillation method shares: its outputs contract, parameter validation and the registry."""
+"""What every distillation method shares: its outputs contract, its hooks into the engine, parameter validation and
+the registry."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -13,10 +15,31 @@ from distil.errors import DistilError, nearest
 
 @dataclass
 class Outputs:
-    """What a model produced for a batch: its logits and the features tapped by module path."""
+    """What a model produced for a batch: its logits, the features tapped by module path and the sample indices.
+
+    `features` are plain tensors keyed by tap (`layer2`, `layer3.0.relu2:input`, `@embedding`; see distil.taps).
+    `index` holds the batch's sample indices (positions in the training set); the engine sets it on the student's
+    outputs, for losses that keep per-sample state (CRD's memory bank). Teacher outputs need not carry it.
+    """
 
     logits: Tensor
     features: dict[str, Tensor] = field(default_factory=dict)
+    index: Tensor | None = None
+
+
+@dataclass
+class Pretraining:
+    """A stage a method runs before distillation (FT's paraphraser, AB's initialisation).
+
+    The engine trains `parameters` for `epochs` passes over the training data, minimising
+    `loss(student_out, teacher_out, target)` (student_out is None when `needs_student` is False), logged as the
+    stage `<stage>:<term>`; afterwards each parameter's `requires_grad` is what it was before.
+    """
+
+    epochs: int
+    parameters: list[nn.Parameter]
+    loss: Callable[[Outputs | None, Outputs, Tensor], Tensor]
+    needs_student: bool = True
 
 
 class NoParams(BaseModel):
@@ -29,6 +52,13 @@ class Method(nn.Module):
     """A distillation loss term: `forward(student, teacher, target)` returns an unweighted scalar.
 
     Subclasses set `name`, `paper` and a pydantic `Params` model; `weight` scales the term in the objective.
+    Hooks the engine calls, all optional:
+    - `student_taps()` / `teacher_taps()`: the features (module paths) the term reads; the engine captures them
+      into `Outputs.features` of both models. No taps anywhere: no hooks and no probe run.
+    - `prepare(student, teacher, num_samples)`: once, on a probe batch before the optimizer is built, so the term
+      can create its parameters (connectors, embeddings, memory banks) from the real feature shapes.
+    - `pretraining(student)`: a stage of its own before distillation, or None.
+    - `set_progress(p)`: before every step, p in [0, 1) being how far through the stage training is.
     """
 
     name: ClassVar[str] = ""
@@ -43,6 +73,21 @@ class Method(nn.Module):
 
     def forward(self, student: Outputs, teacher: Outputs | None, target: Tensor) -> Tensor:  # pragma: no cover
         raise NotImplementedError
+
+    def student_taps(self) -> list[str]:
+        """Taps of the student this term reads from `student.features`."""
+        return []
+
+    def teacher_taps(self) -> list[str]:
+        """Taps of the teacher this term reads from `teacher.features`."""
+        return []
+
+    def prepare(self, student: Outputs, teacher: Outputs | None, num_samples: int) -> None:
+        """Build parameters from a probe batch's outputs (no gradients) and the training-set size."""
+
+    def pretraining(self, student: nn.Module) -> Pretraining | None:
+        """The stage this term runs before distillation, or None."""
+        return None
 
 
 REGISTRY: dict[str, type[Method]] = {}
@@ -80,4 +125,9 @@ def parse_params(cls: type[Method], params: dict[str, Any], field: str) -> BaseM
         if err["type"] == "extra_forbidden":
             valid = ", ".join(cls.Params.model_fields) or "none"
             raise DistilError(f"{field}.{key}: '{cls.name}' has no parameter '{key}' (parameters: {valid}).") from None
+        if err["type"] == "missing":
+            info = cls.Params.model_fields.get(key)
+            help_ = f" ({info.description})" if info is not None and info.description else ""
+            raise DistilError(f"{field}.{key}: '{cls.name}' needs this parameter{help_}; add it to the loss term.") \
+                from None
         raise DistilError(f"{field}.{key}: {err['msg']}.") from None

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from distil.methods.base import Method, Outputs, method_class
+from distil.errors import DistilError
+from distil.methods.base import Method, Outputs, Pretraining, method_class
 
 
 class Objective(nn.Module):
@@ -21,6 +22,44 @@ class Objective(nn.Module):
     def needs_teacher(self) -> bool:
         """Whether any term reads the teacher's outputs."""
         return any(m.needs_teacher for m in self.methods)
+
+    def leaves(self) -> list[Method]:
+        """Every Method inside the objective, wrapped ones included (wrappers pass their hooks through this)."""
+        return [m for m in self.modules() if isinstance(m, Method)]
+
+    def student_taps(self) -> list[str]:
+        """The student features any term reads (module paths, sorted)."""
+        return sorted({tap for m in self.leaves() for tap in m.student_taps()})
+
+    def teacher_taps(self) -> list[str]:
+        """The teacher features any term reads (module paths, sorted)."""
+        return sorted({tap for m in self.leaves() for tap in m.teacher_taps()})
+
+    @property
+    def needs_probe(self) -> bool:
+        """Whether the engine must run a probe batch before training: a term taps features or builds parameters."""
+        return bool(self.student_taps() or self.teacher_taps()) or any(
+            type(m).prepare is not Method.prepare for m in self.leaves())
+
+    def prepare(self, student: Outputs, teacher: Outputs | None, num_samples: int) -> None:
+        """Let every term build its parameters from a probe batch, after checking the tapped features arrived."""
+        for role, out, taps in (("student", student, self.student_taps()), ("teacher", teacher, self.teacher_taps())):
+            missing = [t for t in taps if out is None or t not in out.features]
+            if missing:
+                raise DistilError(f"distill.losses: the {role}'s outputs lack the feature '{missing[0]}' a loss reads; "
+                                  f"with a teacher cache, build it with the same losses (the cache stores the taps).")
+        for m in self.leaves():
+            m.prepare(student, teacher, num_samples)
+
+    def pretrainings(self, student: nn.Module) -> list[tuple[str, Pretraining]]:
+        """(term name, stage) for every term that runs a stage of its own before distillation."""
+        stages = []
+        for name, method in zip(self.term_names(), self.methods):
+            for m in (x for x in method.modules() if isinstance(x, Method)):
+                plan = m.pretraining(student)
+                if plan is not None and plan.epochs > 0:
+                    stages.append((name, plan))
+        return stages
 
     def term_names(self) -> list[str]:
         """A unique name per term (`kd`, or `kd_1` when a method appears twice)."""

@@ -10,6 +10,7 @@ from functools import partial
 from torch import nn
 
 from distil.errors import DistilError
+from distil.explain.soft_tree import DEFAULT_DEPTH, build_soft_tree
 from distil.models.cnn import build_cnn
 from distil.models.mlp import build_mlp
 from distil.models.mobilenetv2 import build_mobilenetv2
@@ -21,6 +22,7 @@ from distil.recipe import ModelConfig
 Builder = Callable[[ModelConfig, tuple[int, ...], int], nn.Module]
 
 WRN_NAME = re.compile(r"wrn_(\d+)_(\d+)")
+SOFT_TREE_NAME = re.compile(r"soft_tree(?:_(\d+))?")
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,12 @@ ZOO: dict[str, ZooEntry] = {
 
 
 def lookup(name: str) -> ZooEntry | None:
-    """The zoo entry for a name (any `wrn_<depth>_<width>` included), or None when there is none."""
+    """The zoo entry for a name (any `wrn_<depth>_<width>` and `soft_tree[_<depth>]` included), or None."""
     entry = ZOO.get(name)
+    soft_tree = SOFT_TREE_NAME.fullmatch(name)
+    if entry is None and soft_tree is not None:
+        depth = int(soft_tree[1] or DEFAULT_DEPTH)
+        return ZooEntry(partial(build_soft_tree, depth=depth), f"soft decision tree of depth {depth} (Frosst & Hinton)")
     match = WRN_NAME.fullmatch(name)
     if entry is None and match is not None:
         depth, widen = int(match[1]), int(match[2])

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from torch import nn
 from torch.utils.data import Dataset
 
+from distil.batch import Batch
 from distil.data import as_indexed
 from distil.engine import Fit, predict, resolve_device, seed_everything, targets_of
 from distil.methods import CE, KD, Method, Objective
 from distil.metrics import classification_metrics
 from distil.recipe import TrainConfig
-from distil.teachers import LiveTeacher
+from distil.strategies.multi_teacher import EnsembleTeacher
+from distil.teachers import LiveTeacher, TeacherSource
 
 
 @dataclass
@@ -26,23 +28,28 @@ class DistillResult:
     history: list[dict] = field(default_factory=list)
 
 
-def distill(teacher: nn.Module, student: nn.Module, train: Dataset, val: Dataset | None = None,
-            test: Dataset | None = None, losses: Sequence[Method] | None = None, *, epochs: int = 20,
-            batch_size: int = 64, lr: float = 1e-3, optimizer: str = "adamw", device: str = "auto", seed: int = 0,
-            train_config: TrainConfig | None = None, quiet: bool = True) -> DistillResult:
+def distill(teacher: nn.Module | Sequence[nn.Module] | TeacherSource, student: nn.Module, train: Dataset,
+            val: Dataset | None = None, test: Dataset | None = None, losses: Sequence[Method] | None = None, *,
+            epochs: int = 20, batch_size: int = 64, lr: float = 1e-3, optimizer: str = "adamw", device: str = "auto",
+            seed: int = 0, train_config: TrainConfig | None = None, quiet: bool = True,
+            batch_transform: Callable[[Batch, nn.Module], Batch] | None = None) -> DistillResult:
     """Train `student` to reproduce the frozen `teacher` on `train`; metrics come from `test`, else `val`.
 
-    `losses` defaults to 0.1·CE + 0.9·KD(T=4). `train_config` gives every loop setting; otherwise the
-    keyword arguments build one.
+    `teacher` may also be a list of models (their mean-probability ensemble) or a TeacherSource with a `model`
+    (e.g. `EnsembleTeacher`). `losses` defaults to 0.1·CE + 0.9·KD(T=4); terms may be scheduled or weighted per
+    sample (distil.strategies.schedules / terms). `batch_transform` adds mixup, cutmix or adversarial inputs
+    (distil.strategies.augment_distill). `train_config` gives every loop setting; otherwise the keyword
+    arguments build one.
     """
     cfg = train_config or TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer)
     objective = Objective(list(losses) if losses else [CE(weight=0.1), KD(weight=0.9, temperature=4.0)])
     run_device = resolve_device(device)
     seed_everything(seed)
     train, val = as_indexed(train), as_indexed(val) if val is not None else None
-    teacher = teacher.to(run_device)
+    source = _source(teacher)
+    teacher = source.model.to(run_device)
     fit = Fit(stage="distill", model=student, objective=objective, train=train, val=val, cfg=cfg,
-              device=run_device, seed=seed, teacher=LiveTeacher(teacher), quiet=quiet)
+              device=run_device, seed=seed, teacher=source, quiet=quiet, batch_transform=batch_transform)
     result = fit.run()
     held_out = as_indexed(test) if test is not None else val if val is not None else train
     target = targets_of(held_out)
@@ -55,3 +62,12 @@ def distill(teacher: nn.Module, student: nn.Module, train: Dataset, val: Dataset
         teacher_metrics=classification_metrics(teacher_logits, target, num_classes),
         history=result.history,
     )
+
+
+def _source(teacher: nn.Module | Sequence[nn.Module] | TeacherSource) -> TeacherSource:
+    """The teacher as a source with a `model` to evaluate: a live model, a mean ensemble, or the given source."""
+    if isinstance(teacher, nn.Module):
+        return LiveTeacher(teacher)
+    if hasattr(teacher, "outputs"):
+        return teacher
+    return EnsembleTeacher.of(list(teacher))

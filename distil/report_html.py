@@ -1,0 +1,204 @@
+"""runs/<name>/report.html: one self-contained page (plots embedded as base64 PNG) showing a whole run.
+
+Training curves come from metrics.jsonl, the comparison from results.json, and the student's confusion
+matrix from predictions.npz (written by the evaluate stage).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distil.checkpoint import atomic_write_text, write_atomically
+from distil.report import COLUMNS, render_gains, table_rows
+from distil.runlog import MetricsLog
+
+COLORS = {"teacher": "#4c72b0", "student": "#dd8452", "alone": "#8c8c8c"}
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+td:first-child,th:first-child{text-align:left}img{max-width:100%;height:auto;display:block;margin:1em 0}
+h2{border-bottom:1px solid #ddd;padding-bottom:.2em}"""
+
+
+def save_predictions(path: Path, target: torch.Tensor, logits: dict[str, torch.Tensor],
+                     class_names: list[str]) -> None:
+    """Write the test targets and each model's predicted class (for the confusion matrix) atomically."""
+    arrays = {role: value.argmax(-1).numpy() for role, value in logits.items()}
+    write_atomically(Path(path), lambda f: np.savez(f, target=target.numpy(), class_names=np.array(class_names),
+                                                    **arrays))
+
+
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=72)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _img(data: str, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def curve_groups(records: list[dict]) -> dict[str, list[str]]:
+    """Which record fields go on which panel: loss terms, accuracy, learning rate, temperature (when logged)."""
+    keys: list[str] = []
+    for r in records:
+        keys += [k for k in r if k not in keys and isinstance(r[k], int | float) and not isinstance(r[k], bool)]
+    groups = {
+        "loss": [k for k in keys if k == "loss" or k.startswith("loss_") or k == "val_loss"],
+        "accuracy": [k for k in keys if k.endswith("_acc")],
+        "learning rate": [k for k in keys if k == "lr"],
+        "temperature": [k for k in keys if "temperature" in k],
+    }
+    return {name: fields for name, fields in groups.items() if fields}
+
+
+def plot_curves(records: list[dict]) -> str | None:
+    """One row of panels per training stage: loss terms, accuracy, LR and temperature against the epoch."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    stages = list(dict.fromkeys(r["stage"] for r in records if "epoch" in r and "model" not in r))
+    if not stages:
+        return None
+    columns = max(len(curve_groups([r for r in records if r.get("stage") == s])) for s in stages)
+    height = 2.8 * len(stages)
+    fig, axes = plt.subplots(len(stages), columns, figsize=(3.6 * columns, height), squeeze=False)
+    fig.subplots_adjust(left=0.07, right=0.98, top=1 - 0.3 / height, bottom=0.5 / height, wspace=0.3, hspace=0.6)
+    for row, stage in enumerate(stages):
+        rows = [r for r in records if r.get("stage") == stage and "epoch" in r]
+        groups = curve_groups(rows)
+        for col, ax in enumerate(axes[row]):
+            if col >= len(groups):
+                ax.axis("off")
+                continue
+            title, fields = list(groups.items())[col]
+            for field in fields:
+                points = [(r["epoch"], r[field]) for r in rows if isinstance(r.get(field), int | float)]
+                ax.plot(*zip(*points), marker=".", label=field)
+            ax.set_title(f"{stage}: {title}", fontsize=10)
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def plot_bars(results: dict) -> str:
+    """Top-1 and macro-F1 of the teacher, the distilled student and the student trained alone."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    fig.subplots_adjust(left=0.07, right=0.98, top=0.9, bottom=0.2, wspace=0.25)
+    for ax, (metric, title) in zip(axes, [("top1", "top-1 accuracy"), ("f1", "macro-F1")]):
+        roles = [r for r, m in results["models"].items() if isinstance(m.get(metric), int | float)]
+        values = [results["models"][r][metric] for r in roles] or [0.0]
+        bars = ax.bar([results["models"][r]["label"] for r in roles], values,
+                      color=[COLORS.get(r, "#55a868") for r in roles])
+        ax.bar_label(bars, fmt="%.3f", fontsize=8)
+        ax.set_ylim(max(0.0, min(values) - 0.1), 1.0)
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", labelsize=8, rotation=10)
+    return _png(fig)
+
+
+def plot_tradeoff(results: dict) -> str:
+    """Accuracy against bytes on disk and against batch-1 latency, one point per model (log x axes)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    fig.subplots_adjust(left=0.09, right=0.97, top=0.9, bottom=0.17, wspace=0.3)
+    for ax, (key, label) in zip(axes, [("bytes", "size on disk (bytes)"), ("latency_ms", "latency at batch 1 (ms)")]):
+        for role, m in results["models"].items():
+            if not (isinstance(m.get(key), int | float) and m[key] > 0 and isinstance(m.get("top1"), int | float)):
+                continue
+            ax.scatter(m[key], m["top1"], s=60, color=COLORS.get(role, "#55a868"), label=m["label"])
+            ax.annotate(m["label"], (m[key], m["top1"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.margins(x=0.3, y=0.15)
+        ax.set_xlabel(label)
+        ax.set_ylabel("top-1")
+        ax.set_title(f"accuracy vs {label.split(' (')[0]}", fontsize=10)
+    return _png(fig)
+
+
+def confusion(target: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
+    """counts[true, predicted]."""
+    counts = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(counts, (target, predicted), 1)
+    return counts
+
+
+def plot_confusion(target: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> str:
+    """The distilled student's confusion matrix on the test split (rows: true class, columns: predicted)."""
+    import matplotlib.pyplot as plt
+
+    counts = confusion(target, predicted, len(class_names))
+    size = min(9.0, 2.5 + 0.35 * len(class_names))
+    fig, ax = plt.subplots(figsize=(size, size))
+    fig.subplots_adjust(left=0.14, right=0.97, top=0.93, bottom=0.14)
+    ax.imshow(counts, cmap="Blues")
+    if len(class_names) <= 20:
+        ticks = range(len(class_names))
+        ax.set_xticks(ticks, class_names, rotation=90, fontsize=7)
+        ax.set_yticks(ticks, class_names, fontsize=7)
+        for (i, j), n in np.ndenumerate(counts):
+            if n:
+                ax.text(j, i, str(n), ha="center", va="center", fontsize=6,
+                        color="white" if n > counts.max() / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("student (distilled): confusion matrix", fontsize=10)
+    return _png(fig)
+
+
+def render_html(results: dict, records: list[dict], predictions: dict[str, np.ndarray] | None) -> str:
+    """The whole page as a string."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    esc = html.escape
+    head = "".join(f"<th>{esc(c)}</th>" for c in COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in table_rows(results))
+    gains = "".join(f"<li>{esc(line.removeprefix('- '))}</li>" for line in render_gains(results.get("gains", {})))
+    parts = [
+        f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>distil run {esc(results['name'])}"
+        f"</title><style>{STYLE}</style></head><body>",
+        f"<h1>distil run <code>{esc(results['name'])}</code></h1>",
+        f"<p>Data: <code>{esc(str(results['dataset']))}</code>, {results['test_samples']} test samples; measured on "
+        f"<code>{esc(str(results['device']))}</code>.</p>",
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>",
+        f"<ul>{gains}</ul>" if gains else "",
+        "<h2>Teacher, distilled student, student alone</h2>", _img(plot_bars(results), "accuracy bars"),
+        "<h2>Accuracy against size and latency</h2>", _img(plot_tradeoff(results), "accuracy vs size and latency"),
+    ]
+    curves = plot_curves(records)
+    if curves:
+        parts += ["<h2>Training curves</h2>", _img(curves, "training curves")]
+    if predictions is not None and "student" in predictions:
+        names = [str(n) for n in predictions["class_names"]]
+        parts += ["<h2>Confusion matrix</h2>",
+                  _img(plot_confusion(predictions["target"], predictions["student"], names), "confusion matrix")]
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def write_html_report(run_dir: Path, results: dict) -> Path:
+    """Render report.html from results.json's content, metrics.jsonl and predictions.npz; return its path."""
+    run_dir = Path(run_dir)
+    records = MetricsLog(run_dir / "metrics.jsonl").records()
+    predictions = None
+    if (run_dir / "predictions.npz").is_file():
+        with np.load(run_dir / "predictions.npz") as data:
+            predictions = {k: data[k] for k in data.files}
+    path = run_dir / "report.html"
+    atomic_write_text(path, render_html(results, records, predictions))
+    return path

@@ -1,0 +1,57 @@
+"""Recipe sections for text: how samples are tokenized, and how a text student is shaped (pydantic only)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+HF_PREFIX = "hf:"
+TEXT_STUDENTS = ("hf_student", "bilstm", "textcnn")
+
+
+class TextDataConfig(BaseModel):
+    """Tokenization of text datasets: which column, which tokenizer, how long, and whether to bucket by length."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    column: str = Field("text", description="the text column of text_csv / text_jsonl")
+    tokenizer: str | None = Field(None, description="a local Hugging Face folder (default: the hf: teacher's)")
+    max_length: int = Field(128, ge=4, description="tokens kept per sample (longer texts are truncated)")
+    bucket: bool = Field(True, description="group samples of similar length into a batch when shuffling")
+
+
+class TextModelConfig(BaseModel):
+    """A text student: the Hugging Face folder it shares a tokenizer with, its size, and what it copies."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    source: str | None = Field(None, description="local Hugging Face folder (default: the hf: teacher's)")
+    layers: int | None = Field(None, ge=1, description="hf_student: transformer layers (default: half)")
+    hidden_size: int | None = Field(None, ge=8, description="hf_student: width (default: the source's)")
+    heads: int | None = Field(None, ge=1, description="hf_student: attention heads (default: width / 64)")
+    intermediate_size: int | None = Field(None, ge=8, description="hf_student: feed-forward width (default: 4x)")
+    init: Literal["random", "teacher"] = Field(
+        "random", description="hf_student: copy embeddings and every other layer of the source (DistilBERT)")
+    embeddings: Literal["random", "teacher", "teacher_frozen"] = Field(
+        "random", description="bilstm / textcnn: word embeddings random or copied from the source")
+    embedding_dim: int = Field(128, ge=4, description="bilstm / textcnn: width of random word embeddings")
+
+
+def hf_folder(name: str) -> str | None:
+    """The folder of an `hf:<folder>` model name, or None for any other name."""
+    return name[len(HF_PREFIX):] if name.startswith(HF_PREFIX) else None
+
+
+def share_teacher_tokenizer(recipe) -> None:
+    """Fill `data.text.tokenizer` and a text student's `text.source` with the hf: teacher's folder when unset."""
+    folder = hf_folder(recipe.teacher.name)
+    if folder is None:
+        return
+    if recipe.data.text.tokenizer is None:
+        recipe.data.text.tokenizer = folder
+    if recipe.student.name in TEXT_STUDENTS:
+        if recipe.student.text is None:
+            recipe.student.text = TextModelConfig(source=folder)
+        elif recipe.student.text.source is None:
+            recipe.student.text.source = folder

@@ -1,0 +1,125 @@
+"""Opt-in experiment trackers fed by the run log: TensorBoard event files and MLflow (a local SQLite store).
+
+`metrics.jsonl` is always written; a recipe's `track: {tensorboard: true, mlflow: true}` also sends every
+record to these. Epoch records become scalars `<stage>/<metric>` at step = epoch; evaluation records become
+`evaluate/<model>/<metric>`. MLflow 3 refuses its old file store by default, so runs go to
+`runs/<name>/mlflow.db` (open it with `mlflow ui --backend-store-uri sqlite:///runs/<name>/mlflow.db`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Protocol
+
+from distil.recipe import TrackConfig
+
+SKIP = {"stage", "epoch", "model", "label"}
+
+
+class Tracker(Protocol):
+    """Anything that receives the run log's records."""
+
+    def log(self, record: dict) -> None:
+        """Send one record (an epoch of a stage, or one model's evaluation)."""
+        ...
+
+    def close(self) -> None:
+        """Flush and finish."""
+        ...
+
+
+def scalars(record: dict) -> tuple[str, int, dict[str, float]]:
+    """(prefix, step, {name: value}) of the finite numeric fields of a record."""
+    if "model" in record:
+        prefix, step = f"{record.get('stage', 'evaluate')}/{record['model']}", 0
+    else:
+        prefix, step = str(record.get("stage", "run")), int(record.get("epoch", 0))
+    values = {k: float(v) for k, v in record.items()
+              if k not in SKIP and isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
+    return prefix, step, values
+
+
+class TensorBoardTracker:
+    """Writes TensorBoard event files under `<run>/tensorboard/`."""
+
+    def __init__(self, folder: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(folder))
+
+    def log(self, record: dict) -> None:
+        """One scalar per numeric field."""
+        prefix, step, values = scalars(record)
+        for name, value in values.items():
+            self.writer.add_scalar(f"{prefix}/{name}", value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        """Close the event file."""
+        self.writer.close()
+
+
+class MLflowTracker:
+    """Logs params (the flattened recipe) and metrics to an MLflow run in `<run>/mlflow.db`; resumes the same run."""
+
+    def __init__(self, run_dir: Path, name: str, params: dict[str, str]) -> None:
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
+        from distil.checkpoint import atomic_write_text
+
+        self.client = MlflowClient(tracking_uri=f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}")
+        experiment = self.client.get_experiment_by_name("distil")
+        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
+            "distil", artifact_location=(Path(run_dir).resolve() / "mlflow-artifacts").as_uri())
+        id_file = Path(run_dir) / "mlflow_run_id"
+        self.run_id = id_file.read_text(encoding="utf-8").strip() if id_file.is_file() else ""
+        if not self.run_id:
+            self.run_id = self.client.create_run(experiment_id, run_name=name).info.run_id
+            atomic_write_text(id_file, self.run_id)
+            items = [Param(k[:250], v[:6000]) for k, v in params.items()]
+            for start in range(0, len(items), 100):
+                self.client.log_batch(self.run_id, params=items[start:start + 100])
+
+    def log(self, record: dict) -> None:
+        """One metric per numeric field, at step = epoch."""
+        from mlflow.entities import Metric
+
+        prefix, step, values = scalars(record)
+        now = int(time.time() * 1000)
+        metrics = [Metric(f"{prefix}/{name}", value, now, step) for name, value in values.items()]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
+
+    def close(self) -> None:
+        """Mark the MLflow run finished."""
+        self.client.set_terminated(self.run_id)
+
+
+def flatten(tree: object, prefix: str = "") -> dict[str, str]:
+    """{"train.lr": "0.01", "distill.losses.1.temperature": "4.0", ...} of a nested mapping."""
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, list):
+        items = ((str(i), v) for i, v in enumerate(tree))
+    else:
+        return {prefix: str(tree)}
+    out: dict[str, str] = {}
+    for key, value in items:
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def open_trackers(cfg: TrackConfig, run_dir: Path, name: str, recipe: dict) -> list[Tracker]:
+    """The trackers a recipe's `track` section asks for (none by default)."""
+    trackers: list[Tracker] = []
+    if cfg.tensorboard:
+        trackers.append(TensorBoardTracker(Path(run_dir) / "tensorboard"))
+    if cfg.mlflow:
+        trackers.append(MLflowTracker(Path(run_dir), name, flatten(recipe)))
+    return trackers

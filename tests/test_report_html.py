@@ -1,0 +1,97 @@
+"""report.html (self-contained, rendered in headless Chromium) and the opt-in trackers (TensorBoard, MLflow)."""
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY_RECIPE
+from PIL import Image
+
+from distil.pipeline import run_recipe
+from distil.recipe import load_recipe
+from distil.report_html import confusion, curve_groups
+
+PROBE = """<script>window.addEventListener("load", () => {
+  document.title = "PROBE" + JSON.stringify([...document.images].map(i => i.complete ? i.naturalWidth : -1));
+});</script></body>"""
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """One tiny run with both trackers on."""
+    folder = tmp_path_factory.mktemp("html")
+    recipe = folder / "tiny.yaml"
+    recipe.write_text(TINY_RECIPE + "track: {tensorboard: true, mlflow: true}\n")
+    return run_recipe(load_recipe(recipe), folder / "runs", quiet=True).run_dir
+
+
+def embedded_images(page: str) -> list[bytes]:
+    return [base64.b64decode(data) for data in re.findall(r'<img [^>]*src="data:image/png;base64,([^"]+)"', page)]
+
+
+def test_report_html_is_self_contained_with_every_plot(run_dir):
+    page = (run_dir / "report.html").read_text()
+    assert "<table>" in page and "student (distilled)" in page
+    assert not re.search(r'(src|href)="(?!data:)', page), "the page must not load anything from outside"
+    images = embedded_images(page)
+    assert len(images) == 4  # bars, accuracy vs size / latency, training curves, confusion matrix
+    for data in images:
+        image = Image.open(io.BytesIO(data))
+        image.verify()
+        assert image.format == "PNG" and image.size[0] > 100
+    with np.load(run_dir / "predictions.npz") as predictions:
+        assert set(predictions.files) >= {"target", "teacher", "student", "alone", "class_names"}
+        top1 = (predictions["student"] == predictions["target"]).mean()
+    assert top1 == pytest.approx(json.loads((run_dir / "results.json").read_text())["models"]["student"]["top1"])
+
+
+def test_curve_panels_and_confusion_counts():
+    groups = curve_groups([{"stage": "distill", "epoch": 1, "loss": 1.0, "loss_kd": 0.5, "train_acc": 0.5,
+                            "val_acc": 0.4, "lr": 0.1, "kd_temperature": 4.0, "seconds": 1.0}])
+    assert groups == {"loss": ["loss", "loss_kd"], "accuracy": ["train_acc", "val_acc"], "learning rate": ["lr"],
+                      "temperature": ["kd_temperature"]}
+    assert confusion(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), 3).tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(chromium() is None, reason="Debian's chromium is not installed (`make test` installs it when run "
+                    "as root: apt-get install -y chromium); cannot render report.html")
+def test_report_html_renders_in_headless_chromium_without_errors(run_dir, tmp_path):
+    page = (run_dir / "report.html").read_text()
+    probed = tmp_path / "report.html"
+    probed.write_text(page.replace("</body>", PROBE))
+    done = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
+                           "--v=0", "--virtual-time-budget=10000", "--dump-dom", probed.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
+    assert not console, console
+    widths = json.loads(re.search(r"<title>PROBE(.*?)</title>", done.stdout).group(1))
+    assert len(widths) == len(embedded_images(page)) == 4
+    assert all(w > 100 for w in widths), widths  # every image decoded
+
+
+def test_tensorboard_and_mlflow_receive_every_epoch(run_dir):
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("distill/loss")] == [1, 2, 3]
+    assert "evaluate/student/top1" in events.Tags()["scalars"]
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
+    run = client.get_run((run_dir / "mlflow_run_id").read_text().strip())
+    assert run.info.status == "FINISHED" and run.data.params["train.lr"] == "0.01"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "teach/val_acc")] == [1, 2]
+    assert run.data.metrics["evaluate/student/top1"] == pytest.approx(
+        json.loads((run_dir / "results.json").read_text())["models"]["student"]["top1"])
