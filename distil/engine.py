@@ -23,6 +23,7 @@ from distil import checkpoint, distributed
 from distil.batch import Batch, iterate, num_batches
 from distil.data.augment import view_of
 from distil.errors import DistilError
+from distil.ledger import StepLedger
 from distil.methods.base import Outputs
 from distil.methods.objective import Objective
 from distil.recipe import AugmentConfig, TrainConfig
@@ -69,8 +70,12 @@ def set_rng_state(state: dict) -> None:
 
 
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    """SGD (Nesterov-free, with momentum) or AdamW over `params`; fused when bad steps are skipped on device."""
-    fused = True if cfg.max_bad_steps else None  # fused kernels take `found_inf` and skip a step without a sync
+    """SGD (Nesterov-free, with momentum) or AdamW over `params`, with PyTorch's fused kernels.
+
+    Fused: one kernel per step instead of several per parameter, and it takes `found_inf`, so a non-finite step
+    is skipped on the device without a host sync (train.max_bad_steps).
+    """
+    fused = True if params and params[0].device.type in ("cpu", "cuda") else None
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused)
     return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, fused=fused)
@@ -238,12 +243,9 @@ class Fit:
         objective.train()
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
-        loss_sum = torch.zeros((), device=device)
-        term_sums: dict[str, torch.Tensor] = {}
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = torch.zeros((), device=device, dtype=torch.long)
         start = time.perf_counter()
         steps = num_batches(self.train, cfg.batch_size)
+        ledger = StepLedger(epoch * steps, device)
         optimizer.zero_grad(set_to_none=True)
         batches = iterate(self.train, cfg.batch_size, shuffle=True, generator=generator,
                           num_workers=cfg.num_workers, pin_memory=device.type == "cuda", shard=distributed.shard())
@@ -264,26 +266,19 @@ class Fit:
                 bad = bad | self._optimizer_step(optimizer, objective)
                 self._bad_steps += bad
                 scheduler.step()
-            global_step = epoch * steps + step
-            self._first_bad = torch.where((self._first_bad < 0) & bad, global_step, self._first_bad)
-            self._last_bad = torch.where(bad, global_step, self._last_bad)
-            n = batch.y.shape[0]
-            seen += torch.where(bad, 0, n)
-            loss_sum += torch.where(bad, 0.0, loss.detach().float() * n)
-            for name, value in terms.items():
-                term_sums[name] = term_sums.get(name, 0) + torch.where(bad, 0.0, value.float() * n)
-            correct += torch.where(bad, 0, (student_out.logits.detach().argmax(-1) == batch.y).sum())
+            correct = (student_out.logits.detach().argmax(-1) == batch.y).sum()
+            ledger.add(loss.detach(), terms, correct, bad, batch.y.shape[0])
             if (step + 1) % cfg.log_every == 0:
-                self._check_finite(epoch)
-        self._check_finite(epoch)
+                self._check_finite(epoch, ledger)
+        self._check_finite(epoch, ledger)
         # one all-reduce per epoch: the record holds the sums over every rank's shard
-        totals = distributed.all_reduce_sum(torch.stack([seen.float(), correct.float(), loss_sum, *term_sums.values()]))
+        totals = distributed.all_reduce_sum(ledger.totals())
         seen_all, correct_all, loss_all, *term_all = totals.tolist()
         seen_all = seen_all or math.nan  # every step of the epoch skipped: no loss or accuracy to report
         record = {"stage": self.stage, "epoch": epoch + 1, "loss": loss_all / seen_all,
                   "train_acc": correct_all / seen_all, "lr": optimizer.param_groups[0]["lr"],
                   "seconds": round(time.perf_counter() - start, 4)}
-        record.update({f"loss_{k}": v / seen_all for k, v in zip(term_sums, term_all)})
+        record.update({f"loss_{k}": v / seen_all for k, v in zip(ledger.terms, term_all)})
         return record
 
     def _hooks(self) -> AbstractContextManager:
@@ -358,8 +353,9 @@ class Fit:
 
         With train.max_bad_steps > 0 the fused optimizer skips such a step on the device (its `found_inf`).
         """
-        distributed.average_gradients([p for p in objective.parameters() if p.requires_grad])
         params = [p for g in optimizer.param_groups for p in g["params"]]
+        if distributed.is_distributed():
+            distributed.average_gradients([p for p in objective.parameters() if p.requires_grad])
         grads = [p.grad for p in params if p.grad is not None]
         norm = nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
         if self.cfg.grad_clip:
@@ -371,8 +367,11 @@ class Fit:
         optimizer.zero_grad(set_to_none=True)
         return bad
 
-    def _check_finite(self, epoch: int) -> None:
+    def _check_finite(self, epoch: int, ledger: StepLedger) -> None:
         """Stop (a host sync, every train.log_every steps and at epoch end) when non-finite steps pass the limit."""
+        ledger.flush()
+        self._first_bad = torch.where(self._first_bad < 0, ledger.first_bad, self._first_bad)
+        self._last_bad = torch.maximum(self._last_bad, ledger.last_bad)
         first = torch.where(self._first_bad >= 0, -self._first_bad, -(2**62))
         state = distributed.all_reduce_max(torch.stack([self._bad_steps, first, self._last_bad]))
         count, first_step, last_step = (int(v) for v in state.tolist())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from distil.errors import DistilError
@@ -72,12 +71,14 @@ class Objective(nn.Module):
 
     def forward(self, student: Outputs, teacher: Outputs | None, target: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Return the weighted total and each unweighted term (detached), keyed by term name."""
-        total = torch.zeros((), device=student.logits.device)
-        terms = {}
+        total, terms = None, {}
         for name, method in zip(self.term_names(), self.methods):
             value = method(student, teacher, target)
-            total = total + method.weight * value
+            weighted = method.weight * value
+            total = weighted if total is None else total + weighted
             terms[name] = value.detach()
+        if total is None:
+            raise DistilError("the objective has no loss terms; list at least one in distill.losses.")
         return total, terms
 
 
