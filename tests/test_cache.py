@@ -171,3 +171,29 @@ def test_a_cache_given_by_path_from_another_teacher_is_refused(tiny_recipe, tmp_
     assert run_cli(["cache", tiny_recipe, "--runs-dir", tmp_path / "a", *base], capsys)[0] == 0
     code, _, err = run_cli(["run", tiny_recipe, "--runs-dir", tmp_path / "b", *base, "--set", "seed=5"], capsys)
     assert code == 2 and "fingerprint mismatch" in err
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/statm"), reason="needs Linux /proc")
+def test_a_cache_far_larger_than_what_is_read_stays_on_disk(tmp_path):
+    # 1M samples x 1000 classes in fp16 = 2 GB of logits (a sparse file here); reading batches maps only their rows
+    samples, classes = 1_000_000, 1000
+    logits = np.lib.format.open_memmap(tmp_path / "logits.npy", mode="w+", dtype=np.float16, shape=(samples, classes))
+    rows = np.random.default_rng(0).choice(samples, size=20 * 256, replace=False)
+    logits[rows] = (rows % 997)[:, None].astype(np.float16)
+    logits.flush()
+    del logits
+    layout = cache_module.CacheLayout("f", samples, 1, "fp16", None,
+                                      {"logits": {"shape": [samples, classes], "dtype": "float16", "crc": {}}}, {})
+    cache = cache_module.TeacherCache(tmp_path, layout)
+    before = _resident_bytes()
+    for chunk in rows.reshape(20, 256):
+        index = torch.from_numpy(chunk)
+        out = cache.outputs(Batch(index, torch.zeros(256, 1), torch.zeros(256, dtype=torch.long)))
+        assert out.logits.shape == (256, classes)
+        assert torch.equal(out.logits[:, 0], torch.from_numpy(chunk % 997).float())
+    assert _resident_bytes() - before < 500 * 2**20  # far below the 2 GB the whole cache would take
