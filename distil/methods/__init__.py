@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from distil.errors import DistilError
-from distil.methods import contrastive, feature, logits, relation, sequence  # noqa: F401  (register the methods)
+from distil.methods import contrastive, feature, logits, relation, sequence, tree  # noqa: F401  (register them)
 from distil.methods.base import REGISTRY, Method, Outputs, method_class, parse_params, register
 from distil.methods.logits import CE, KD, MSELogits
 from distil.methods.objective import Objective, build_objective
