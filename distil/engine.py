@@ -260,23 +260,26 @@ class Fit:
             with autocast:
                 student_out = self._student_outputs(forward, batch)
                 loss, terms = objective(student_out, teacher_out, batch.y)
-            (loss / cfg.accumulate).backward()
-            bad = ~torch.isfinite(loss.detach())  # stays on the device: no host sync per step
+            (loss / cfg.accumulate if cfg.accumulate > 1 else loss).backward()
+            value = loss.detach()
             if (step + 1) % cfg.accumulate == 0 or step + 1 == steps:
-                bad = bad | self._optimizer_step(optimizer, objective)
+                bad = self._optimizer_step(optimizer, objective, value)
                 self._bad_steps += bad
                 scheduler.step()
+            else:
+                bad = ~torch.isfinite(value)  # stays on the device: no host sync per step
             correct = (student_out.logits.detach().argmax(-1) == batch.y).sum()
-            ledger.add(loss.detach(), terms, correct, bad, batch.y.shape[0])
+            ledger.add(value, terms, correct, bad, batch.y)
             if (step + 1) % cfg.log_every == 0:
                 self._check_finite(epoch, ledger)
         self._check_finite(epoch, ledger)
         # one all-reduce per epoch: the record holds the sums over every rank's shard
         totals = distributed.all_reduce_sum(ledger.totals())
-        seen_all, correct_all, loss_all, *term_all = totals.tolist()
+        seen_all, labeled_all, correct_all, loss_all, *term_all = totals.tolist()
         seen_all = seen_all or math.nan  # every step of the epoch skipped: no loss or accuracy to report
+        labeled_all = labeled_all or math.nan  # accuracy over samples with a label (a transfer set's pool has none)
         record = {"stage": self.stage, "epoch": epoch + 1, "loss": loss_all / seen_all,
-                  "train_acc": correct_all / seen_all, "lr": optimizer.param_groups[0]["lr"],
+                  "train_acc": correct_all / labeled_all, "lr": optimizer.param_groups[0]["lr"],
                   "seconds": round(time.perf_counter() - start, 4)}
         record.update({f"loss_{k}": v / seen_all for k, v in zip(ledger.terms, term_all)})
         return record
@@ -348,8 +351,9 @@ class Fit:
             for p, flag in zip(plan.parameters, flags):
                 p.requires_grad_(flag)
 
-    def _optimizer_step(self, optimizer: torch.optim.Optimizer, objective: Objective) -> torch.Tensor:
-        """Clip and step; returns whether the gradients were NaN/inf, as a device tensor.
+    def _optimizer_step(self, optimizer: torch.optim.Optimizer, objective: Objective, loss: torch.Tensor
+                        ) -> torch.Tensor:
+        """Clip and step; returns whether the loss or the gradients were NaN/inf, as a device tensor.
 
         With train.max_bad_steps > 0 the fused optimizer skips such a step on the device (its `found_inf`).
         """
@@ -360,7 +364,7 @@ class Fit:
         norm = nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
         if self.cfg.grad_clip:
             nn.utils.clip_grads_with_norm_(params, self.cfg.grad_clip, norm)
-        bad = ~torch.isfinite(norm)
+        bad = ~torch.isfinite(norm + loss)  # one check for both: a NaN or inf in either makes the sum non-finite
         if self.cfg.max_bad_steps:
             optimizer.found_inf = bad.float()
         optimizer.step()

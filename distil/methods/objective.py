@@ -16,6 +16,7 @@ class Objective(nn.Module):
     def __init__(self, methods: Sequence[Method]) -> None:
         super().__init__()
         self.methods = nn.ModuleList(methods)
+        self._names = self.term_names()
 
     @property
     def needs_teacher(self) -> bool:
@@ -72,7 +73,7 @@ class Objective(nn.Module):
     def forward(self, student: Outputs, teacher: Outputs | None, target: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Return the weighted total and each unweighted term (detached), keyed by term name."""
         total, terms = None, {}
-        for name, method in zip(self.term_names(), self.methods):
+        for name, method in zip(self._names, self.methods):
             value = method(student, teacher, target)
             weighted = method.weight * value
             total = weighted if total is None else total + weighted
