@@ -7,6 +7,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # test helper modules (python: model factories)
 
+from threads import one_torch_thread  # noqa: E402  (a helper module on the path just added)
+
 TINY_RECIPE = """\
 name: tiny
 seed: 1
@@ -16,6 +18,13 @@ student: {name: mlp, hidden: [8]}
 train: {epochs: 3, batch_size: 32, lr: 0.01}
 eval: {latency_repeats: 3, throughput_batch: 16}
 """
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (modules opt in with pytestmark = pytest.mark.usefixtures("one_thread"))."""
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture

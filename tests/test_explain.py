@@ -29,14 +29,7 @@ from distil.methods.tree import LOG_LEAF, LOG_PATH, SoftTreeKD
 from distil.models import build_model
 from distil.recipe import LossTerm, ModelConfig, TrainConfig, validate_recipe
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids oversubscribing a shared machine's cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors
 
 
 def grid(n_per_axis: int = 10, features: int = 3) -> torch.Tensor:

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from cli_runner import run_cli
 from conftest import TINY_RECIPE
+from threads import one_torch_thread
 
 import distil
 from distil.explain import stage
@@ -25,12 +25,8 @@ def explained_run(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("explain")
     recipe = folder / "tiny.yaml"
     recipe.write_text(TINY_RECIPE + EXPLAIN)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         distil.run(str(recipe), runs_dir=str(folder / "runs"))
-    finally:
-        torch.set_num_threads(threads)
     return folder / "runs" / "tiny"
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 
 import pytest
-import test_text_helpers as helpers
 import torch
 from test_text_helpers import transformers, word_tokenizer
+from threads import one_torch_thread
 
 from distil.batch import Batch, TensorDict
 from distil.errors import DistilError
@@ -31,7 +31,7 @@ OBJECT = "the ball|a fish|the red apple|some bread|the small box|a green hat".sp
 END = "today|at home|in the park|every day|again|now".split("|")
 WORDS = sorted({w for part in (SUBJECT, VERB, OBJECT, END) for phrase in part for w in phrase.split()} | {"."})
 
-_one_thread, = helpers._one_thread,  # the shared text fixtures
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models
 
 
 def corpus(n: int, seed: int) -> list[str]:
@@ -61,12 +61,9 @@ def gpt(layers: int, seed: int, tokenizer=TOKENIZER) -> CausalLM:
 @pytest.fixture(scope="module")
 def teacher() -> CausalLM:
     """A 2-layer teacher trained briefly on 800 sentences."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    model = train_lm(gpt(2, 0), lm_dataset(TOKENIZER, corpus(800, 0), 24), epochs=6, batch_size=32, lr=1e-2,
-                     device="cpu")
-    torch.set_num_threads(threads)
-    return model
+    with one_torch_thread():
+        return train_lm(gpt(2, 0), lm_dataset(TOKENIZER, corpus(800, 0), 24), epochs=6, batch_size=32, lr=1e-2,
+                        device="cpu")
 
 
 def test_targets_mask_padding_prompt_and_the_last_token():

