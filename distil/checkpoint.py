@@ -28,6 +28,7 @@ from distil.errors import DistilError
 
 TRAILER_TAG = b"\nDISTIL-SHA256 "
 TRAILER_SIZE = len(TRAILER_TAG) + 64 + 1
+MODEL_FORMAT = "distil-model-1"  # the tag of a file written by save_model
 CRASH_ENV = "DISTIL_CRASH_AT"  # tests only: "<point>:<n>" kills this process (SIGKILL) inside its n-th `save`
 
 log = logging.getLogger("distil")
@@ -185,7 +186,7 @@ def save_model(path: Path, model: nn.Module, *, config: dict, input_shape: tuple
                class_names: list[str], extra: dict | None = None) -> None:
     """Save weights with what rebuilds the architecture (model config, input shape, classes)."""
     save(path, {
-        "format": "distil-model-1",
+        "format": MODEL_FORMAT,
         "config": config,
         "input_shape": list(input_shape),
         "num_classes": num_classes,
@@ -197,17 +198,26 @@ def save_model(path: Path, model: nn.Module, *, config: dict, input_shape: tuple
 
 def load_model(path: Path) -> tuple[nn.Module, dict]:
     """Rebuild a model saved by `save_model`; returns the model (eval mode, CPU) and the file's metadata."""
+    return model_from_blob(Path(path), load(path))
+
+
+def model_from_blob(path: Path, blob: object) -> tuple[nn.Module, dict]:
+    """The model of an already loaded `save_model` file (`blob`), as `load_model` returns it."""
     from distil.models import build_model
     from distil.recipe import ModelConfig
 
-    blob = load(path)
-    if not isinstance(blob, dict) or blob.get("format") != "distil-model-1":
+    if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
         raise DistilError(f"{path} is not a distil model file; use a models/*.pt file from a run folder.")
     model = build_model(ModelConfig.model_validate(blob["config"]), tuple(blob["input_shape"]), blob["num_classes"])
+    return with_weights(model, blob, path, f"the architecture it names ({blob['config']['name']})")
+
+
+def with_weights(model: nn.Module, blob: dict, path: Path, architecture: str) -> tuple[nn.Module, dict]:
+    """`model` holding the file's weights, in eval mode, and the file's other fields; DistilError when they do not
+    fit `architecture` (a damaged file, or one written for another model)."""
     try:
         model.load_state_dict(blob["state_dict"])
     except RuntimeError:
-        raise DistilError(f"{path}: its weights do not fit the architecture it names ({blob['config']['name']}); "
-                          "the file was not written by distil.checkpoint.save_model for this model.") from None
-    model.eval()
-    return model, {k: v for k, v in blob.items() if k != "state_dict"}
+        raise DistilError(f"{path}: its weights do not fit {architecture}; the file is damaged or was not written "
+                          "by distil for this model.") from None
+    return model.eval(), {k: v for k, v in blob.items() if k != "state_dict"}

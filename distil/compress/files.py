@@ -38,10 +38,10 @@ def load_any(path: Path) -> tuple[nn.Module, dict]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="TypedStorage is deprecated")  # torch.load of int8 tensors
         blob = checkpoint.load(path)
-    if not isinstance(blob, dict) or blob.get("format") not in {FORMAT, "distil-model-1"}:
+    if not isinstance(blob, dict) or blob.get("format") not in {FORMAT, checkpoint.MODEL_FORMAT}:
         raise DistilError(f"{path} is not a distil model file; use a models/*.pt file from a run folder.")
     if blob["format"] != FORMAT:
-        return checkpoint.load_model(path)
+        return checkpoint.model_from_blob(path, blob)
     from distil.models import build_model
     from distil.recipe import ModelConfig
 
@@ -52,10 +52,4 @@ def load_any(path: Path) -> tuple[nn.Module, dict]:
         shrink_to(model, example, blob["widths"])
     if blob["quantized"]:
         model = q.rebuild(model, blob["quantized"]["mode"], blob["quantized"]["backend"], example)
-    try:
-        model.load_state_dict(blob["state_dict"])
-    except RuntimeError:
-        raise DistilError(f"{path}: its weights do not fit the compressed architecture it describes; the file is "
-                          "damaged or was not written by distil.") from None
-    model.eval()
-    return model, {k: v for k, v in blob.items() if k != "state_dict"}
+    return checkpoint.with_weights(model, blob, path, "the compressed architecture it describes")
