@@ -187,8 +187,6 @@ class Fit:
         history: list[dict] = []
         start_epoch, best, best_state, bad_epochs = 0, None, None, 0
         self._bad_steps = torch.zeros((), device=device, dtype=torch.long)  # skipped non-finite steps, this stage
-        self._first_bad = torch.full((), -1, device=device, dtype=torch.long)
-        self._last_bad = torch.full((), -1, device=device, dtype=torch.long)
         if saved is not None:
             model.load_state_dict(saved["model"])
             objective.load_state_dict(saved["objective"])
@@ -373,11 +371,9 @@ class Fit:
 
     def _check_finite(self, epoch: int, ledger: StepLedger) -> None:
         """Stop (a host sync, every train.log_every steps and at epoch end) when non-finite steps pass the limit."""
-        ledger.flush()
-        self._first_bad = torch.where(self._first_bad < 0, ledger.first_bad, self._first_bad)
-        self._last_bad = torch.maximum(self._last_bad, ledger.last_bad)
-        first = torch.where(self._first_bad >= 0, -self._first_bad, -(2**62))
-        state = distributed.all_reduce_max(torch.stack([self._bad_steps, first, self._last_bad]))
+        ledger.flush()  # the stop comes in the epoch of the step that passes the limit: its ledger names the steps
+        first = torch.where(ledger.first_bad >= 0, -ledger.first_bad, -(2**62))
+        state = distributed.all_reduce_max(torch.stack([self._bad_steps, first, ledger.last_bad]))
         count, first_step, last_step = (int(v) for v in state.tolist())
         limit = self.cfg.max_bad_steps
         if last_step < 0 or (limit and count <= limit):
