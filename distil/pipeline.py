@@ -19,7 +19,6 @@ from distil.engine import Fit, predict, seed_everything, targets_of
 from distil.errors import DistilError
 from distil.explain.stage import run_explain
 from distil.methods import teacher_taps
-from distil.methods.base import method_class
 from distil.metrics import classification_metrics
 from distil.models import build_model
 from distil.profile import profile_model
@@ -30,7 +29,7 @@ from distil.runlog import MetricsLog
 from distil.strategies.augment_distill import augmentation
 from distil.strategies.dispatch import run_strategy
 from distil.strategies.finetune import finetune
-from distil.strategies.schedules import scheduled_objective
+from distil.strategies.schedules import label_terms, scheduled_objective
 from distil.strategies.trainer import Transform
 from distil.teachers import LiveTeacher, TeacherSource
 from distil.trackers import open_trackers
@@ -180,9 +179,8 @@ class Run:
 
     def alone(self) -> nn.Module:
         """The same student trained on the labels only: the baseline distillation must beat."""
-        terms = [t for t in self.recipe.distill.losses if not method_class(t.name).needs_teacher]
-        ce = [LossTerm(name=t.name, weight=1.0, **t.params) for t in terms] or [LossTerm(name="ce")]
-        return self.train_stage("alone", "alone", self.recipe.student, ce, epochs=self.recipe.distill.epochs)
+        return self.train_stage("alone", "alone", self.recipe.student, label_terms(self.recipe.distill.losses),
+                                epochs=self.recipe.distill.epochs)
 
     def evaluate(self, models: dict[str, nn.Module]) -> dict:
         """Metrics on the test split and the size / speed profile of each model."""

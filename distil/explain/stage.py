@@ -30,6 +30,7 @@ from distil.methods import build_objective
 from distil.methods.base import method_class
 from distil.recipe import AugmentConfig, LossTerm, TrainConfig
 from distil.runlog import MetricsLog
+from distil.strategies.schedules import label_terms
 from distil.teachers import LiveTeacher
 
 if TYPE_CHECKING:
@@ -86,12 +87,6 @@ def teacher_logits(teacher: nn.Module, x: Tensor, device: torch.device) -> Tenso
     return predict(teacher, IndexedTensorDataset(x, torch.zeros(len(x), dtype=torch.long)), device)
 
 
-def labels_only_terms(losses: list[LossTerm]) -> list[LossTerm]:
-    """The recipe's label terms at weight 1 (cross-entropy when there are none): the `alone` objective."""
-    terms = [t for t in losses if not method_class(t.name).needs_teacher]
-    return [LossTerm(name=t.name, weight=1.0, **t.params) for t in terms] or [LossTerm(name="ce")]
-
-
 def distilled_terms(losses: list[LossTerm], temperature: float) -> list[LossTerm]:
     """The recipe's label terms plus Frosst & Hinton's soft_tree_kd at `temperature`, carrying the total weight of
     the recipe's teacher terms (KD on the tree's mixed output at the network's temperature trains leaves that
@@ -131,7 +126,7 @@ def fit_students(s: Setting) -> Explained:
     for kind in cfg.students:
         if kind == "soft_tree":
             students[kind] = {
-                "alone": train_soft_tree(s, splits.train, labels_only_terms(s.losses), SOFT_TREE_STAGES["alone"]),
+                "alone": train_soft_tree(s, splits.train, label_terms(s.losses), SOFT_TREE_STAGES["alone"]),
                 "distilled": train_soft_tree(s, transfer, distilled_terms(s.losses, cfg.temperature),
                                              SOFT_TREE_STAGES["distilled"]),
             }
