@@ -92,12 +92,12 @@ class MemoryTeacher:
 
 def subset(dataset: TextDataset, n: int, seed: int) -> TextDataset:
     """A seeded random subset of n samples, in index order."""
-    keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-    return TextDataset(dataset.x[keep], dataset.y[keep], dataset.lengths[keep], dataset.pad_id, dataset.bucket)
+    return with_pool(dataset, n, 0, seed)
 
 
 def with_pool(dataset: TextDataset, n: int, pool: int, seed: int) -> TextDataset:
-    """The subset `subset(dataset, n, seed)` plus the next `pool` samples of the same permutation, unlabeled (-1)."""
+    """A seeded random subset of n samples, in index order, then the next `pool` samples of the same permutation
+    with their labels hidden (-1)."""
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
     keep = torch.cat([order[:n].sort().values, order[n:n + pool].sort().values])
     y = dataset.y[keep].clone()
@@ -166,9 +166,9 @@ def main() -> None:
     timings["teacher fine-tuning"] = time.perf_counter() - t0
     teacher_test = predict(teacher, test, torch.device("cpu"), batch_size=64)
     t0 = time.perf_counter()
-    memory = MemoryTeacher(teacher, train_set)
+    # the transfer set starts with train_set's samples at the same indices, so one pass serves both
     transfer = with_pool(splits.train, args.train, args.pool, 0) if args.pool else None
-    pool_memory = MemoryTeacher(teacher, transfer) if transfer is not None else None
+    memory = MemoryTeacher(teacher, transfer if transfer is not None else train_set)
     variants = {**VARIANTS, "KD logits + unlabeled pool": "pool"} if transfer is not None else VARIANTS
     students = {k: v for k, v in STUDENTS.items() if not args.students or any(f in k for f in args.students)}
     timings["teacher outputs and features, once"] = time.perf_counter() - t0
@@ -186,7 +186,7 @@ def main() -> None:
                                       (args.max_length,), 2)
                 cfg = TrainConfig(epochs=args.student_epochs, batch_size=16, lr=lr)
                 if terms == "pool":
-                    model = train(student, pool_objective(), transfer, cfg, seed, pool_memory)
+                    model = train(student, pool_objective(), transfer, cfg, seed, memory)
                 else:
                     model = train(student, terms or LOGITS + layer_terms, train_set, cfg, seed,
                                   memory if variant != "alone" else None)
