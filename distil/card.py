@@ -39,8 +39,13 @@ def _model_text(cfg: ModelConfig) -> str:
 
 
 def _losses_text(terms: list[LossTerm]) -> str:
-    return " + ".join(f"{t.weight:g}·{t.name}" + (f" ({', '.join(f'{k}={v}' for k, v in t.params.items())})"
+    return " + ".join(f"{_number(t.weight)}·{t.name}" + (f" ({', '.join(f'{k}={v}' for k, v in t.params.items())})"
                                                    if t.params else "") for t in terms)
+
+
+def _number(value: float | str | None) -> str:
+    """A weight or an lr as written in a recipe: 0.5, 0.003, or auto."""
+    return f"{value:g}" if isinstance(value, float | int) else str(value)
 
 
 def _kib(n: float) -> str:
@@ -111,7 +116,8 @@ def render_card(recipe: Recipe, results: dict) -> str:
               if role in models] + ["`models/student.pt` (distilled, fp32)"]
     d = recipe.distill
     method = [f"- Distillation: loss {_losses_text(d.losses)}, {d.epochs or recipe.train.epochs} epochs, "
-              f"{recipe.train.optimizer} lr {recipe.train.lr:g}, batch {recipe.train.batch_size}, seed {recipe.seed}."]
+              f"{recipe.train.optimizer} lr {_number(recipe.train.lr)}, batch {recipe.train.batch_size}, "
+              f"seed {recipe.seed}."]
     if "alone" in models:
         method.append("- Baseline: the same student trained on the labels alone, with the same settings.")
     c = recipe.compress

@@ -7,8 +7,8 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from distil import checkpoint, distributed
+from distil import calibrate, checkpoint, distributed
 from distil.batch import Batch, iterate, num_batches
 from distil.data.augment import view_of
 from distil.errors import DistilError
@@ -81,6 +81,52 @@ def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig, lr: float) -> t
     return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
+class Joint(torch.optim.Optimizer):
+    """Several optimizers stepped as one; their param groups are this one's, so one scheduler moves them all."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]) -> None:
+        super().__init__([p for o in optimizers for g in o.param_groups for p in g["params"]], {})
+        self.optimizers = optimizers
+        self.param_groups = [g for o in optimizers for g in o.param_groups]
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "found_inf":  # the loop's skip flag for fused optimizers reaches each of them
+            for optimizer in self.optimizers:
+                optimizer.found_inf = value
+        super().__setattr__(name, value)
+
+    def step(self, closure=None) -> None:
+        """Step every optimizer."""
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear every optimizer's gradients."""
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        """Each optimizer's state, in order."""
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore what state_dict gave."""
+        for optimizer, state in zip(self.optimizers, state_dict["optimizers"]):
+            optimizer.load_state_dict(state)
+
+
+def stage_optimizer(params: list[nn.Parameter], sgd_params: list[nn.Parameter], cfg: TrainConfig,
+                    lr: float) -> torch.optim.Optimizer:
+    """The stage's optimizer; parameters a term wants trained by plain SGD (CTKD's temperature) get an SGD of their
+    own at the same lr when the stage uses AdamW."""
+    own = {id(p) for p in sgd_params}
+    if cfg.optimizer == "sgd" or not own:
+        return make_optimizer(params, cfg, lr)
+    sgd = cfg.model_copy(update={"optimizer": "sgd", "weight_decay": 0.0})
+    return Joint([make_optimizer([p for p in params if id(p) not in own], cfg, lr),
+                  make_optimizer([p for p in params if id(p) in own], sgd, lr)])
+
+
 def lr_factor(cfg: TrainConfig, steps_per_epoch: int, epochs: int) -> Callable[[int], float]:
     """LR multiplier per optimizer step: linear warm-up, then cosine, step decay or constant."""
     warmup = cfg.warmup_epochs * steps_per_epoch
@@ -123,6 +169,9 @@ class FitResult:
     model: nn.Module
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
+    lr: float | None = None
+    lr_find: calibrate.RangeTest | None = None
+    balance: calibrate.Balance | None = None
 
 
 @dataclass
@@ -145,7 +194,7 @@ class Fit:
     seed: int = 0
     teacher: TeacherSource | None = None
     epochs: int | None = None
-    lr: float | None = None
+    lr: float | str | None = None
     checkpoint_path: Path | None = None
     log: MetricsLog | None = None
     quiet: bool = False
@@ -177,10 +226,17 @@ class Fit:
             model.to(memory_format=torch.channels_last)
         self._prepare_objective(model, objective)  # taps hooked, connectors built: before the optimizer sees them
         saved = self._load_checkpoint() if resume else None
+        self._lr_find: calibrate.RangeTest | None = None
+        self._balance: calibrate.Balance | None = None
         if saved is None:
+            self._calibrate(model, objective)
             self._pretrain(model, objective)
+        else:
+            self._lr = saved["lr"]
+            for method, weight in zip(objective.methods, saved["weights"]):
+                method.weight = weight
         params = [p for p in list(model.parameters()) + list(objective.parameters()) if p.requires_grad]
-        optimizer = make_optimizer(params, cfg, self.lr or cfg.lr)
+        optimizer = stage_optimizer(params, objective.sgd_parameters(), cfg, self._lr)
         steps_per_epoch = max(1, num_batches(self.train, cfg.batch_size) // cfg.accumulate)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch, epochs))
 
@@ -232,7 +288,81 @@ class Fit:
             if hasattr(method, "detach"):
                 method.detach()
         model.eval()
-        return FitResult(model, history, stopped_early)
+        return FitResult(model, history, stopped_early, self._lr, self._lr_find, self._balance)
+
+    def _calibrate(self, model: nn.Module, objective: Objective) -> None:
+        """Before training: the weights of `weight: auto` terms, then the lr when it is `auto` (a range test on the
+        balanced objective); both on real batches, the model, objective and RNGs restored afterwards."""
+        lr = self.lr or self.cfg.lr
+        self._balance = self._balance_terms(model, objective)
+        self._lr = self._range_test(model, objective) if lr == "auto" else float(lr)
+        if self.log is not None:
+            for name, done in (("balance", self._balance), ("lr_find", self._lr_find)):
+                self.log.drop_stage(f"{self.stage}:{name}")
+                if done is not None:
+                    self.log.write(done.record(self.stage))
+
+    @contextmanager
+    def _rehearsal(self, model: nn.Module, objective: Objective) -> Iterator[None]:
+        """Steps taken inside leave no trace: the model, the objective and every RNG are restored on the way out."""
+        state = copy.deepcopy((model.state_dict(), objective.state_dict()))
+        rng, was_training = rng_state(), model.training
+        model.train()
+        objective.train()
+        try:
+            with self._hooks():
+                yield
+        finally:
+            model.load_state_dict(state[0])
+            objective.load_state_dict(state[1])
+            set_rng_state(rng)
+            model.train(was_training)
+            for p in list(model.parameters()) + list(objective.parameters()):
+                p.grad = None
+
+    def _calibration_batches(self, model: nn.Module, salt: int) -> Iterator[Batch]:
+        """Endless shuffled, prepared (and transformed) training batches of a seeded order of their own."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + salt)
+        for batch in calibrate.cycle(lambda _: iterate(self.train, self.cfg.batch_size, shuffle=True,
+                                                       generator=generator)):
+            batch = self.prepare_batch(batch, 0)
+            yield self.batch_transform(batch, model) if self.batch_transform is not None else batch
+
+    def _term_values(self, model: nn.Module, objective: Objective, batch: Batch) -> list[torch.Tensor]:
+        """Each term's unweighted value on a batch, with its graph."""
+        teacher_out = self.teacher.outputs(batch) if objective.needs_teacher else None
+        student_out = self._student_outputs(model, batch)
+        return [method(student_out, teacher_out, batch.y) for method in objective.methods]
+
+    def _balance_terms(self, model: nn.Module, objective: Objective) -> calibrate.Balance | None:
+        """Set the weights of the `weight: auto` terms from their gradient norms on the student (calibrate.balance)."""
+        if all(m.ratio is None for m in objective.methods):
+            return None
+        with self._rehearsal(model, objective):
+            batches = self._calibration_batches(model, 700_001)
+            params = [p for p in model.parameters() if p.requires_grad]
+            done = calibrate.balance(list(objective.methods), objective.term_names(),
+                                     lambda _: self._term_values(model, objective, next(batches)), params)
+        weights = distributed.broadcast_object([m.weight for m in objective.methods])
+        for method, weight in zip(objective.methods, weights):
+            method.weight = weight
+        return done
+
+    def _range_test(self, model: nn.Module, objective: Objective) -> float:
+        """`lr: auto`: an lr range test on the student with the stage's objective (calibrate.range_test)."""
+        low, high = calibrate.RANGE[self.cfg.optimizer]
+        with self._rehearsal(model, objective):
+            batches = self._calibration_batches(model, 900_001)
+            params = [p for p in list(model.parameters()) + list(objective.parameters()) if p.requires_grad]
+            optimizer = stage_optimizer(params, objective.sgd_parameters(), self.cfg, low)
+
+            def loss_at(_: int) -> torch.Tensor:
+                batch = next(batches)
+                values = self._term_values(model, objective, batch)
+                return sum(m.weight * v for m, v in zip(objective.methods, values))
+
+            self._lr_find = calibrate.range_test(loss_at, optimizer, low, high, grad_clip=self.cfg.grad_clip)
+        return float(distributed.broadcast_object(self._lr_find.lr))
 
     def _train_epoch(self, epoch: int, model: nn.Module, forward: nn.Module, objective: Objective, optimizer,
                      scheduler) -> dict:
@@ -324,7 +454,7 @@ class Fit:
             flags = [p.requires_grad for p in plan.parameters]
             for p in plan.parameters:
                 p.requires_grad_(True)
-            optimizer = make_optimizer(plan.parameters, self.cfg, self.lr or self.cfg.lr)
+            optimizer = make_optimizer(plan.parameters, self.cfg, self._lr)
             model.train()
             objective.train()
             for epoch in range(plan.epochs):
@@ -402,7 +532,7 @@ class Fit:
             "stage": self.stage, "epoch": epoch, "model": model.state_dict(), "objective": objective.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
             "history": history, "best": best, "best_state": best_state, "bad_epochs": bad_epochs,
-            "bad_steps": int(self._bad_steps),
+            "bad_steps": int(self._bad_steps), "lr": self._lr, "weights": [m.weight for m in objective.methods],
         })
 
     def _load_checkpoint(self) -> dict | None:

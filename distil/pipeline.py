@@ -25,6 +25,7 @@ from distil.profile import profile_model
 from distil.recipe import LossTerm, ModelConfig, Recipe, dump_recipe
 from distil.report import gains, write_report
 from distil.report_html import save_predictions
+from distil.report_settings import chosen_settings
 from distil.runlog import MetricsLog
 from distil.strategies.augment_distill import augmentation
 from distil.strategies.dispatch import run_strategy
@@ -231,6 +232,7 @@ class Run:
             if outcome is not None:
                 outcome.annotate(results)  # the strategy's labels and tables (per generation, per task)
             results["gains"] = gains(results)
+            results["settings"] = chosen_settings(self.log.records())
             write_report(self.dir, results)
             write_model_card(self.dir, self.recipe, results)
         self.log.close()

@@ -7,7 +7,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from distil.errors import DistilError
 from distil.explain.config import ExplainConfig
@@ -84,7 +92,7 @@ class TeacherConfig(ModelConfig):
 
     checkpoint: str | None = None
     epochs: int | None = Field(None, ge=1)
-    lr: float | None = Field(None, gt=0)
+    lr: PositiveFloat | Literal["auto"] | None = Field(None, description="default: train.lr")
 
 
 class Schedule(StrictModel):
@@ -111,7 +119,11 @@ class LossTerm(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     name: str
-    weight: float = 1.0
+    weight: float | Literal["auto"] | None = Field(
+        None, description="the term's weight; auto: set before training so the term's gradient on the student is "
+        "`ratio` times the label loss's (default: auto for feature and relation terms, else 1)")
+    ratio: float | None = Field(None, gt=0, description="weight: auto: the term's initial gradient norm as a "
+                                "multiple of the label loss's (default 1)")
     schedule: dict[str, Schedule] | None = Field(None, description="weight or a float parameter (e.g. temperature) "
                                                  "following a schedule through the stage")
     sample_weight: Literal["confidence", "correctness"] | None = Field(
@@ -119,16 +131,18 @@ class LossTerm(BaseModel):
 
     @property
     def params(self) -> dict[str, Any]:
-        """The method-specific parameters (everything but name, weight, schedule and sample_weight)."""
+        """The method-specific parameters (everything but name, weight, ratio, schedule and sample_weight)."""
         return dict(self.model_extra or {})
 
     @model_serializer(mode="wrap")
     def _drop_unset_options(self, handler: Any) -> dict[str, Any]:
-        return {k: v for k, v in handler(self).items() if v is not None or k not in {"schedule", "sample_weight"}}
+        return {k: v for k, v in handler(self).items()
+                if v is not None or k not in {"schedule", "sample_weight", "ratio"}}
 
 
-def _default_losses() -> list[LossTerm]:
-    return [LossTerm(name="ce", weight=0.1), LossTerm(name="kd", weight=0.9, temperature=4.0)]
+def default_losses() -> list[LossTerm]:
+    """The objective when a recipe or an API call names none: 0.5·CE + 0.5·KD at T = 4 (KD scaled by T²)."""
+    return [LossTerm(name="ce", weight=0.5), LossTerm(name="kd", weight=0.5, temperature=4.0)]
 
 
 class MemberConfig(TeacherConfig):
@@ -153,7 +167,7 @@ class DistillConfig(StrictModel):
     """How the student learns from the teacher: the weighted loss terms and the baseline to compare with."""
 
     strategy: Literal["offline", "multi_teacher", "online", "self", "transfer_set", "continual"] = "offline"
-    losses: list[LossTerm] = Field(default_factory=_default_losses, min_length=1)
+    losses: list[LossTerm] = Field(default_factory=default_losses, min_length=1)
     baseline: bool = True
     epochs: int | None = Field(None, ge=1)
     augment: DistillAugmentConfig | None = None
@@ -185,7 +199,8 @@ class TrainConfig(StrictModel):
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(64, ge=1)
     optimizer: Literal["sgd", "adamw"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
+    lr: PositiveFloat | Literal["auto"] = Field("auto", description="auto: chosen by a learning-rate range test on "
+                                        "the student with the stage's objective before each stage trains")
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     scheduler: Literal["cosine", "step", "none"] = "cosine"
@@ -237,7 +252,7 @@ class PruneConfig(StrictModel):
                           "all Linear/Conv weights by global magnitude (unstructured) removed")
     recovery_epochs: int = Field(10, ge=0, description="epochs of recovery distillation (0 = none)")
     recovery_lr: float | None = Field(None, gt=0, description="learning rate of the recovery (default: train.lr)")
-    losses: list[LossTerm] = Field(default_factory=_default_losses, min_length=1)
+    losses: list[LossTerm] = Field(default_factory=default_losses, min_length=1)
 
 
 class QuantizeConfig(StrictModel):

@@ -9,6 +9,7 @@ from distil.card import render_shipping
 from distil.checkpoint import atomic_write_text
 from distil.errors import DistilError
 from distil.explain.summary import render_explain
+from distil.report_settings import render_settings
 from distil.strategies.tables import render_strategy
 
 COLUMNS = ["model", "params", "size", "top-1", "macro-F1", "agree(T)", "ECE", "latency b=1", "thrpt b=256"]
@@ -98,6 +99,7 @@ def render_markdown(results: dict) -> str:
         "",
         *render_gains(g),
         "",
+        *render_settings(results.get("settings", {})),
         *render_shipping(results),
         *(render_explain(results["explain"]) if "explain" in results else []),
         *render_strategy(results),
@@ -111,7 +113,10 @@ def render_markdown(results: dict) -> str:
 def write_report(run_dir: Path, results: dict) -> Path:
     """Write results.json, report.md and report.html into the run folder (atomically); return report.md's path."""
     from distil.report_html import write_html_report  # matplotlib loads only when a report is written
+    from distil.report_settings import PLOT, plot_lr_find
+    from distil.runlog import MetricsLog
 
+    plot_lr_find(MetricsLog(run_dir / "metrics.jsonl").records(), run_dir / PLOT)
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     path = run_dir / "report.md"
     atomic_write_text(path, render_markdown(results))

@@ -160,8 +160,9 @@ def plot_confusion(target: np.ndarray, predicted: np.ndarray, class_names: list[
     return _png(fig)
 
 
-def render_html(results: dict, records: list[dict], predictions: dict[str, np.ndarray] | None) -> str:
-    """The whole page as a string."""
+def render_html(results: dict, records: list[dict], predictions: dict[str, np.ndarray] | None,
+                lr_find: str | None = None) -> str:
+    """The whole page as a string (`lr_find`: the range tests' plot as base64 PNG, when the run has one)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,6 +181,8 @@ def render_html(results: dict, records: list[dict], predictions: dict[str, np.nd
         "<h2>Teacher, distilled student, student alone</h2>", _img(plot_bars(results), "accuracy bars"),
         "<h2>Accuracy against size and latency</h2>", _img(plot_tradeoff(results), "accuracy vs size and latency"),
     ]
+    if lr_find is not None:
+        parts += ["<h2>Learning-rate range tests</h2>", _img(lr_find, "learning-rate range tests")]
     curves = plot_curves(records)
     if curves:
         parts += ["<h2>Training curves</h2>", _img(curves, "training curves")]
@@ -199,6 +202,8 @@ def write_html_report(run_dir: Path, results: dict) -> Path:
     if (run_dir / "predictions.npz").is_file():
         with np.load(run_dir / "predictions.npz") as data:
             predictions = {k: data[k] for k in data.files}
+    plot = run_dir / "lr_find.png"
+    lr_find = base64.b64encode(plot.read_bytes()).decode("ascii") if plot.is_file() else None
     path = run_dir / "report.html"
-    atomic_write_text(path, render_html(results, records, predictions))
+    atomic_write_text(path, render_html(results, records, predictions, lr_find))
     return path

@@ -96,7 +96,7 @@ def test_at_by_hand_and_across_widths_and_sizes():
     assert torch.allclose(attention(f, 2), torch.tensor([[5.0, 2.0]]) / math.sqrt(29))
     at = AT(student="s", teacher="t")
     fs, ft = maps(2, 3, 8, 8), maps(2, 7, 4, 4, seed=1)  # other widths, other size: the student map is pooled
-    expected = (attention(F.adaptive_avg_pool2d(fs, 4), 2) - attention(ft, 2)).pow(2).mean()
+    expected = (attention(F.adaptive_avg_pool2d(fs, 4), 2) - attention(ft, 2)).pow(2).sum(1).mean()
     assert at(Outputs(fs, {"s": fs}), Outputs(ft, {"t": ft}), None).item() == pytest.approx(expected.item())
     with pytest.raises(DistilError, match="compares spatial maps"):
         at.prepare(Outputs(fs, {"s": fs.mean((2, 3))}), Outputs(ft, {"t": ft.mean((2, 3))}), 2)

@@ -73,9 +73,11 @@ def test_ls_kd_is_invariant_to_each_models_shift_and_scale():
 def test_mlkd_sums_instance_batch_and_class_alignment_by_hand():
     t = 2.0
     p_s, p_t = F.softmax(S / t, -1), F.softmax(T / t, -1)
-    expected = (soft_kl(S, T, t) + ((p_s @ p_s.T - p_t @ p_t.T) ** 2).sum() / 6
-                + ((p_s.T @ p_s - p_t.T @ p_t) ** 2).sum() / 5)
-    assert MLKD(temperatures=[t])(Outputs(S), Outputs(T), Y).item() == pytest.approx(expected.item(), rel=1e-5)
+    batch = ((p_s @ p_s.T - p_t @ p_t.T) ** 2).sum() / 36  # means over the 6 x 6 and 5 x 5 entries
+    classes = ((p_s.T @ p_s / 6 - p_t.T @ p_t / 6) ** 2).sum() / 25
+    expected = soft_kl(S, T, t) + 2 * batch + 0.5 * classes
+    mlkd = MLKD(temperatures=[t], batch=2.0, classes=0.5)
+    assert mlkd(Outputs(S), Outputs(T), Y).item() == pytest.approx(expected.item(), rel=1e-5)
     assert MLKD()(Outputs(S), Outputs(S.clone()), Y).item() == pytest.approx(0.0, abs=1e-5)
 
 

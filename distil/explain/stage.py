@@ -92,7 +92,8 @@ def distilled_terms(losses: list[LossTerm], temperature: float) -> list[LossTerm
     the recipe's teacher terms (KD on the tree's mixed output at the network's temperature trains leaves that
     only agree on average, and the max-path prediction suffers)."""
     labels = [t for t in losses if not method_class(t.name).needs_teacher]
-    weight = sum(t.weight for t in losses if method_class(t.name).needs_teacher) or 1.0
+    weight = sum(t.weight if isinstance(t.weight, float | int) else 1.0
+                 for t in losses if method_class(t.name).needs_teacher) or 1.0
     return [*labels, LossTerm(name="soft_tree_kd", weight=weight, temperature=temperature)]
 
 

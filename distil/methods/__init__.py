@@ -18,12 +18,17 @@ __all__ = [
 
 
 def validate_terms(terms: Sequence, field: str = "distill.losses") -> None:
-    """Check every loss term's name and parameters against the registry, naming the bad field."""
+    """Check every loss term's name and parameters against the registry, naming the bad field; a term without a
+    weight gets its method's default (1, or auto for feature and relation terms)."""
     if not terms:
         raise DistilError(f"{field}: at least one loss term is needed, e.g. {{name: ce, weight: 1}}.")
     for i, term in enumerate(terms):
         cls = method_class(term.name, field=f"{field}.{i}.name")
         parse_params(cls, term.params, field=f"{field}.{i}")
+        if term.weight is None:
+            term.weight = cls.default_weight
+        if term.ratio is not None and term.weight != "auto":
+            raise DistilError(f"{field}.{i}.ratio: ratio sizes a `weight: auto` term; set weight: auto or drop ratio.")
 
 
 def describe_methods() -> list[dict]:

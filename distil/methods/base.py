@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor, nn
@@ -52,6 +52,9 @@ class Method(nn.Module):
     """A distillation loss term: `forward(student, teacher, target)` returns an unweighted scalar.
 
     Subclasses set `name`, `paper` and a pydantic `Params` model; `weight` scales the term in the objective.
+    `weight="auto"` (the default of terms whose size depends on the model: `default_weight`) leaves the weight to
+    the engine, which sets it before training so the term's gradient on the student is `ratio` times the label
+    loss's (distil.calibrate.balance); `ratio` is None for a fixed weight.
     Hooks the engine calls, all optional:
     - `student_taps()` / `teacher_taps()`: the features (module paths) the term reads; the engine captures them
       into `Outputs.features` of both models. No taps anywhere: no hooks and no probe run.
@@ -65,10 +68,17 @@ class Method(nn.Module):
     paper: ClassVar[str] = ""
     needs_teacher: ClassVar[bool] = True
     Params: ClassVar[type[BaseModel]] = NoParams
+    default_weight: ClassVar[float | Literal["auto"]] = 1.0
 
-    def __init__(self, weight: float = 1.0, **params: Any) -> None:
+    def __init__(self, weight: float | Literal["auto"] | None = None, ratio: float | None = None,
+                 **params: Any) -> None:
         super().__init__()
-        self.weight = float(weight)
+        weight = self.default_weight if weight is None else weight
+        if weight != "auto" and ratio is not None:
+            raise DistilError(f"{self.name}: ratio sets the size of a `weight: auto` term; give weight: auto or "
+                              "drop ratio.")
+        self.ratio = (1.0 if ratio is None else float(ratio)) if weight == "auto" else None
+        self.weight = 1.0 if weight == "auto" else float(weight)
         self.params = parse_params(type(self), params, field=self.name or type(self).__name__)
 
     def forward(self, student: Outputs, teacher: Outputs | None, target: Tensor) -> Tensor:  # pragma: no cover
@@ -88,6 +98,11 @@ class Method(nn.Module):
     def pretraining(self, student: nn.Module) -> Pretraining | None:
         """The stage this term runs before distillation, or None."""
         return None
+
+    def sgd_parameters(self) -> list[nn.Parameter]:
+        """Parameters of this term that train by plain SGD whatever the optimizer (a gradient whose scale is the
+        method's knob, which Adam's normalisation would cancel)."""
+        return []
 
 
 REGISTRY: dict[str, type[Method]] = {}

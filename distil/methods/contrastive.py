@@ -4,6 +4,7 @@ embedding of the same sample among K others, with memory banks of past embedding
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,8 @@ class CRDParams(Embeddings):
                        "paper: 16384 on CIFAR-100)")
     nce_t: float = Field(0.07, gt=0, description="temperature of the embedding similarities")
     momentum: float = Field(0.5, ge=0, lt=1, description="momentum of the memory-bank update")
+    negatives: Literal["uniform", "exact"] = Field("uniform", description="uniform: any other sample; exact: samples "
+                                                   "of other classes only (the paper's CRD+ 'exact' negatives)")
 
 
 def nce_loss(scores: Tensor, num_samples: int) -> Tensor:
@@ -48,10 +51,12 @@ class CRD(Method):
     """Contrastive representation distillation: NCE of student vs teacher embeddings against K negatives.
 
     Each model's embedding is scored against a momentum memory bank of the other model's embeddings, one row per
-    training sample (keyed by `Outputs.index`)."""
+    training sample (keyed by `Outputs.index`). With `negatives: exact` a sample's negatives come from other classes
+    only (each sample's label is remembered when it is first seen; unseen ones count as other classes)."""
 
     paper = "Tian, Krishnan, Isola. Contrastive Representation Distillation. ICLR 2020"
     Params = CRDParams
+    default_weight = "auto"
 
     def student_taps(self) -> list[str]:
         """The student's tap."""
@@ -75,6 +80,7 @@ class CRD(Method):
         for name in ("memory_s", "memory_t"):
             self.register_buffer(name, torch.rand(num_samples, d, device=device) * 2 * bound - bound)
         self.register_buffer("z", torch.full((2,), -1.0, device=device))  # NCE normalizers, fixed at the first step
+        self.register_buffer("labels", torch.full((num_samples,), -1, dtype=torch.long, device=device))
 
     def forward(self, student: Outputs, teacher: Outputs | None, target: Tensor) -> Tensor:
         index = student.index
@@ -85,8 +91,7 @@ class CRD(Method):
         with torch.autocast(index.device.type, enabled=False):
             v_s = F.normalize(self.embed_s(student.features[self.params.student].float().flatten(1)), dim=1)
             v_t = F.normalize(self.embed_t(teacher.features[self.params.teacher].float().flatten(1)), dim=1)
-            noise = torch.randint(0, n - 1, (len(index), k), device=index.device)
-            noise = noise + (noise >= index[:, None]).long()  # never the positive itself
+            noise = self.negatives(index, target, k)
             rows = torch.cat([index[:, None], noise], dim=1)
             scores_s = torch.exp(similarities(v_s, self.memory_t, rows) / self.params.nce_t)
             scores_t = torch.exp(similarities(v_t, self.memory_s, rows) / self.params.nce_t)
@@ -99,3 +104,18 @@ class CRD(Method):
                 for memory, v in ((self.memory_s, v_s), (self.memory_t, v_t)):
                     memory[index] = F.normalize(memory[index] * m + v.detach() * (1 - m), dim=1)
         return loss
+
+    def negatives(self, index: Tensor, target: Tensor, k: int) -> Tensor:
+        """K rows per sample: any other sample (uniform), or one of another class (exact) where the bank has any."""
+        n = self.num_samples
+        noise = torch.randint(0, n - 1, (len(index), k), device=index.device)
+        noise = noise + (noise >= index[:, None]).long()  # never the positive itself
+        if self.params.negatives == "uniform":
+            return noise
+        self.labels[index] = target
+        for c in target.unique().tolist():
+            pool = (self.labels != c).nonzero().squeeze(1)
+            rows = (target == c).nonzero().squeeze(1)
+            if len(pool):
+                noise[rows] = pool[torch.randint(0, len(pool), (len(rows), k), device=index.device)]
+        return noise

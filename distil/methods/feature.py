@@ -31,9 +31,10 @@ from distil.methods.logits import Progressive
 
 
 class PairMethod(Method):
-    """A loss over (student tap, teacher tap) pairs of feature maps."""
+    """A loss over (student tap, teacher tap) pairs of feature maps; weight auto unless a recipe gives one."""
 
     Params = LayerPairs
+    default_weight = "auto"
 
     def student_taps(self) -> list[str]:
         """The student paths of every pair."""
@@ -90,7 +91,10 @@ def attention(f: Tensor, p: float) -> Tensor:
 
 @register("at")
 class AT(PairMethod):
-    """Attention transfer: match the L2-normalized spatial attention maps (channel mean of |f|^p); any widths."""
+    """Attention transfer: match the L2-normalized spatial attention maps (channel mean of |f|^p); any widths.
+
+    The squared distance between the two unit-norm maps, averaged over the batch: bounded by 4 whatever the map
+    size (RepDistiller's mean over positions shrinks it with the number of positions, hence its weight of 1000)."""
 
     paper = "Zagoruyko, Komodakis. Paying More Attention to Attention. ICLR 2017"
     Params = ATParams
@@ -103,7 +107,7 @@ class AT(PairMethod):
         total = torch.zeros((), device=student.logits.device)
         for fs, ft in self.maps(student, teacher):
             fs, ft = match_sizes(fs, ft)
-            total = total + (attention(fs, self.params.p) - attention(ft, self.params.p)).pow(2).mean()
+            total = total + (attention(fs, self.params.p) - attention(ft, self.params.p)).pow(2).sum(1).mean()
         return total
 
 
@@ -155,6 +159,7 @@ class FSP(Method):
     paper = "Yim, Joo, Bae, Kim. A Gift from Knowledge Distillation: Fast Optimization, Network Minimization and "\
             "Transfer Learning. CVPR 2017"
     Params = FSPParams
+    default_weight = "auto"
 
     def student_taps(self) -> list[str]:
         """The student's layers."""

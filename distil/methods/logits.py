@@ -116,7 +116,9 @@ class DKDParams(WarmupParams):
     """DKD's weights of the target-class and non-target-class parts."""
 
     alpha: float = Field(1.0, ge=0, description="weight of TCKD (target class vs the rest)")
-    beta: float = Field(8.0, ge=0, description="weight of NCKD (among the non-target classes); 8 in the paper")
+    beta: float | None = Field(None, ge=0, description="weight of NCKD (among the non-target classes); default: the "
+                               "paper's 8 for 100 classes, scaled by the number of non-target classes (C-1)/99, "
+                               "at least 1")
 
 
 @register("dkd")
@@ -126,9 +128,14 @@ class DKD(Progressive):
     paper = "Zhao, Cui, Song, Qiu, Liang. Decoupled Knowledge Distillation. CVPR 2022"
     Params = DKDParams
 
+    def beta(self, classes: int) -> float:
+        """NCKD's weight: the given beta, or 8 (the paper's, 100 classes) times (C - 1) / 99, at least 1."""
+        return self.params.beta if self.params.beta is not None else max(1.0, 8.0 * (classes - 1) / 99)
+
     def forward(self, student: Outputs, teacher: Outputs | None, target: Tensor) -> Tensor:
         tckd, nckd = dkd_parts(student.logits, teacher.logits, target, self.params.temperature)
-        return self.ramp() * (self.params.alpha * tckd + self.params.beta * nckd).mean()
+        beta = self.beta(student.logits.shape[-1])
+        return self.ramp() * (self.params.alpha * tckd + beta * nckd).mean()
 
 
 def pearson(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
@@ -186,33 +193,38 @@ class LSKD(Method):
 
 
 class MLKDParams(BaseModel):
-    """The temperatures MLKD aligns predictions at."""
+    """The temperatures MLKD aligns predictions at and the weight of each level."""
 
     model_config = ConfigDict(extra="forbid")
     temperatures: list[float] = Field(default_factory=lambda: [2.0, 3.0, 4.0, 5.0, 6.0], min_length=1,
                                       description="temperatures of the prediction augmentation (paper: 2..6)")
+    instance: float = Field(1.0, ge=0, description="weight of the instance level (KD)")
+    batch: float = Field(1.0, ge=0, description="weight of the batch level (mean over the B x B similarities)")
+    classes: float = Field(1.0, ge=0, description="weight of the class level (mean over the C x C correlations)")
 
 
 @register("mlkd")
 class MLKD(Method):
     """Multi-level logit distillation: instance, batch and class-level alignment at several temperatures.
 
-    Instance: KD; batch: the B x B similarity of predictions; class: the C x C class correlation. Without the
-    paper's strong-augmentation views (and its confidence masks, which the official code reduces to a constant)."""
+    Instance: KD; batch: the B x B similarity of predictions; class: the C x C class correlation, both as means
+    over their entries so the loss keeps its size at any batch size and class count (the official sums grow with
+    B and C). Without the paper's strong-augmentation views (and its confidence masks, which the official code
+    reduces to a constant)."""
 
     paper = "Jin, Wang, Lin. Multi-Level Logit Distillation. CVPR 2023"
     Params = MLKDParams
 
     def forward(self, student: Outputs, teacher: Outputs | None, target: Tensor) -> Tensor:
         total = torch.zeros((), device=student.logits.device)
-        batch, classes = student.logits.shape
+        w = self.params
         for t in self.params.temperatures:
             p_s = F.softmax(student.logits.float() / t, dim=-1)
             p_t = F.softmax(teacher.logits.float() / t, dim=-1)
             instance = soft_kl(student.logits, teacher.logits, t)
-            batch_level = ((p_s @ p_s.T - p_t @ p_t.T) ** 2).sum() / batch
-            class_level = ((p_s.T @ p_s - p_t.T @ p_t) ** 2).sum() / classes
-            total = total + instance + batch_level + class_level
+            batch_level = ((p_s @ p_s.T - p_t @ p_t.T) ** 2).mean()
+            class_level = ((p_s.T @ p_s / len(p_s) - p_t.T @ p_t / len(p_t)) ** 2).mean()
+            total = total + w.instance * instance + w.batch * batch_level + w.classes * class_level
         return total
 
 
@@ -242,19 +254,26 @@ class CTKDParams(BaseModel):
 
 @register("ctkd")
 class CTKD(Progressive):
-    """KD at a learnable temperature trained adversarially (gradient reversal) with an easy-to-hard curriculum."""
+    """KD at a learnable temperature trained adversarially (gradient reversal) with an easy-to-hard curriculum.
+
+    The temperature parameter has its own SGD group (momentum 0.9, no weight decay) at the stage's lr, as in the
+    paper's code, so the reversed gradient's strength lambda moves it under AdamW as well."""
 
     paper = "Li, Li, Yang, Zhang, Lu, Yang. Curriculum Temperature for Knowledge Distillation. AAAI 2023"
     Params = CTKDParams
 
-    def __init__(self, weight: float = 1.0, **params) -> None:
-        super().__init__(weight, **params)
+    def __init__(self, weight: float | str | None = None, ratio: float | None = None, **params) -> None:
+        super().__init__(weight, ratio, **params)
         self.theta = nn.Parameter(torch.ones(()))  # the official global temperature's initial value
 
     def strength(self) -> float:
         """Lambda at the current progress: a cosine rise from 0 to lambda_max over the warm-up, then constant."""
         p = min(1.0, self.progress / self.params.warmup)
         return self.params.lambda_max * 0.5 * (1 - math.cos(math.pi * p))
+
+    def sgd_parameters(self) -> list[nn.Parameter]:
+        """The temperature trains by SGD, so lambda (a gradient scale) acts even when the student uses AdamW."""
+        return [self.theta]
 
     @property
     def temperature(self) -> Tensor:

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from distil.errors import DistilError
 from distil.methods.base import Method, Outputs, Pretraining, method_class
+from distil.recipe import default_losses
 
 
 class Objective(nn.Module):
@@ -61,6 +62,10 @@ class Objective(nn.Module):
                     stages.append((name, plan))
         return stages
 
+    def sgd_parameters(self) -> list:
+        """The parameters terms want trained by plain SGD (Method.sgd_parameters)."""
+        return [p for m in self.leaves() for p in m.sgd_parameters()]
+
     def term_names(self) -> list[str]:
         """A unique name per term (`kd`, or `kd_1` when a method appears twice)."""
         names, seen = [], {}
@@ -71,7 +76,12 @@ class Objective(nn.Module):
         return names
 
     def forward(self, student: Outputs, teacher: Outputs | None, target: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Return the weighted total and each unweighted term (detached), keyed by term name."""
+        """Return the weighted total and each unweighted term (detached), keyed by term name.
+
+        The teacher's tensors are detached first: no term can send gradients into the teacher."""
+        if teacher is not None:
+            teacher = Outputs(teacher.logits.detach(), {k: v.detach() for k, v in teacher.features.items()},
+                              teacher.index)
         total, terms = None, {}
         for name, method in zip(self._names, self.methods):
             value = method(student, teacher, target)
@@ -84,5 +94,11 @@ class Objective(nn.Module):
 
 
 def build_objective(terms: Sequence) -> Objective:
-    """Build the Objective from recipe loss terms (objects with .name, .weight, .params)."""
-    return Objective([method_class(t.name)(weight=t.weight, **t.params) for t in terms])
+    """Build the Objective from recipe loss terms (objects with .name, .weight, .params and optionally .ratio)."""
+    return Objective([method_class(t.name)(weight=t.weight, ratio=getattr(t, "ratio", None), **t.params)
+                      for t in terms])
+
+
+def default_methods() -> list[Method]:
+    """The default objective's terms (recipe.default_losses) as methods: what the Python API uses given no losses."""
+    return list(build_objective(default_losses()).methods)

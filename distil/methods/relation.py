@@ -17,9 +17,10 @@ from distil.methods.connectors import Embeddings
 
 
 class RelationMethod(Method):
-    """A loss on one student tap and one teacher tap, each flattened to (B, D)."""
+    """A loss on one student tap and one teacher tap, each flattened to (B, D); weight auto unless a recipe sets it."""
 
     Params = Embeddings
+    default_weight = "auto"
 
     def student_taps(self) -> list[str]:
         """The student's tap."""
@@ -42,13 +43,16 @@ def similarity(f: Tensor) -> Tensor:
 
 @register("sp")
 class SP(RelationMethod):
-    """Similarity-preserving: the student's row-normalized batch Gram matrix should equal the teacher's."""
+    """Similarity-preserving: the student's row-normalized batch Gram matrix should equal the teacher's.
+
+    The squared distance between matching unit-norm rows, averaged over the rows: the same size at any batch size
+    (the paper's division by B^2 shrinks it as 1/B)."""
 
     paper = "Tung, Mori. Similarity-Preserving Knowledge Distillation. ICCV 2019"
 
     def forward(self, student: Outputs, teacher: Outputs | None, target: Tensor) -> Tensor:
         fs, ft = self.vectors(student, teacher)
-        return (similarity(fs) - similarity(ft)).pow(2).sum() / fs.shape[0] ** 2
+        return (similarity(fs) - similarity(ft)).pow(2).sum() / fs.shape[0]
 
 
 def pairwise_distances(f: Tensor, eps: float = 1e-12) -> Tensor:
@@ -104,7 +108,9 @@ def cosine_probabilities(f: Tensor, eps: float = 1e-7) -> Tensor:
 
 @register("pkt")
 class PKT(RelationMethod):
-    """Probabilistic knowledge transfer: KL between cosine-kernel distributions over the batch of both models."""
+    """Probabilistic knowledge transfer: KL between cosine-kernel distributions over the batch of both models.
+
+    Each sample's KL (a sum over the batch), averaged over samples; a mean over all B^2 pairs would shrink as 1/B."""
 
     paper = "Passalis, Tefas. Learning Deep Representations with Probabilistic Knowledge Transfer. ECCV 2018"
 
@@ -112,7 +118,7 @@ class PKT(RelationMethod):
         fs, ft = self.vectors(student, teacher)
         p_s, p_t = cosine_probabilities(fs), cosine_probabilities(ft)
         eps = 1e-7
-        return (p_t * ((p_t + eps) / (p_s + eps)).log()).mean()
+        return (p_t * ((p_t + eps) / (p_s + eps)).log()).sum(1).mean()
 
 
 class CCParams(Embeddings):

@@ -9,9 +9,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from distil.batch import Batch
+from distil.calibrate import Balance, RangeTest
 from distil.data import as_indexed
 from distil.engine import Fit, predict, resolve_device, seed_everything, targets_of
-from distil.methods import CE, KD, Method, Objective
+from distil.methods import Method, Objective
+from distil.methods.objective import default_methods
 from distil.metrics import classification_metrics
 from distil.recipe import TrainConfig
 from distil.strategies.multi_teacher import EnsembleTeacher
@@ -20,29 +22,35 @@ from distil.teachers import LiveTeacher, TeacherSource
 
 @dataclass
 class DistillResult:
-    """The trained student, its metrics on the evaluation split (with agreement to the teacher) and its history."""
+    """The trained student, its metrics on the evaluation split (with agreement to the teacher) and its history;
+    the lr it trained with (`lr_find`: the range test's curve when it was `auto`) and the weights `weight: auto`
+    terms were given (`balance`)."""
 
     student: nn.Module
     metrics: dict[str, float]
     teacher_metrics: dict[str, float]
     history: list[dict] = field(default_factory=list)
+    lr: float | None = None
+    lr_find: RangeTest | None = None
+    balance: Balance | None = None
 
 
 def distill(teacher: nn.Module | Sequence[nn.Module] | TeacherSource, student: nn.Module, train: Dataset,
             val: Dataset | None = None, test: Dataset | None = None, losses: Sequence[Method] | None = None, *,
-            epochs: int = 20, batch_size: int = 64, lr: float = 1e-3, optimizer: str = "adamw", device: str = "auto",
-            seed: int = 0, train_config: TrainConfig | None = None, quiet: bool = True,
+            epochs: int = 40, batch_size: int = 64, lr: float | str = "auto", optimizer: str = "adamw",
+            device: str = "auto", seed: int = 0, train_config: TrainConfig | None = None, quiet: bool = True,
             batch_transform: Callable[[Batch, nn.Module], Batch] | None = None) -> DistillResult:
     """Train `student` to reproduce the frozen `teacher` on `train`; metrics come from `test`, else `val`.
 
     `teacher` may also be a list of models (their mean-probability ensemble) or a TeacherSource with a `model`
-    (e.g. `EnsembleTeacher`). `losses` defaults to 0.1·CE + 0.9·KD(T=4); terms may be scheduled or weighted per
-    sample (distil.strategies.schedules / terms). `batch_transform` adds mixup, cutmix or adversarial inputs
+    (e.g. `EnsembleTeacher`). `losses` defaults to 0.5·CE + 0.5·KD(T=4); terms may be scheduled or weighted per
+    sample (distil.strategies.schedules / terms). `lr="auto"` picks the learning rate by a range test on the student
+    with this objective before training (distil.calibrate). `batch_transform` adds mixup, cutmix or adversarial inputs
     (distil.strategies.augment_distill). `train_config` gives every loop setting; otherwise the keyword
     arguments build one.
     """
     cfg = train_config or TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer)
-    objective = Objective(list(losses) if losses else [CE(weight=0.1), KD(weight=0.9, temperature=4.0)])
+    objective = Objective(list(losses) if losses else default_methods())
     run_device = resolve_device(device)
     seed_everything(seed)
     train, val = as_indexed(train), as_indexed(val) if val is not None else None
@@ -61,6 +69,9 @@ def distill(teacher: nn.Module | Sequence[nn.Module] | TeacherSource, student: n
         metrics=classification_metrics(student_logits, target, num_classes, teacher_logits=teacher_logits),
         teacher_metrics=classification_metrics(teacher_logits, target, num_classes),
         history=result.history,
+        lr=result.lr,
+        lr_find=result.lr_find,
+        balance=result.balance,
     )
 
 

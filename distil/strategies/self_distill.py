@@ -14,7 +14,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from distil.data import as_indexed
-from distil.methods import CE, KD, Method, Objective
+from distil.methods import CE, Method, Objective
+from distil.methods.objective import default_methods
 from distil.recipe import ModelConfig, TrainConfig
 from distil.strategies.augment_distill import augmentation
 from distil.strategies.multi_teacher import Ensemble
@@ -56,10 +57,10 @@ def born_again(build: Callable[[], nn.Module], train: Dataset, val: Dataset | No
                test: Dataset | None = None, losses: Sequence[Method] | None = None, *, generations: int = 3,
                cfg: TrainConfig | None = None, device: str = "auto", seed: int = 0,
                quiet: bool = True) -> GenerationsResult:
-    """Born-again training of the model `build()` makes: the label terms of `losses` (default 0.1·CE + 0.9·KD(T=4))
+    """Born-again training of the model `build()` makes: the label terms of `losses` (default 0.5·CE + 0.5·KD(T=4))
     train generation 0, all of them the next `generations`; metrics come from `test`, else `val`, else `train`."""
     trainer = Trainer.standalone(cfg, device, seed, val, quiet)
-    methods = list(losses) if losses else [CE(weight=0.1), KD(weight=0.9, temperature=4.0)]
+    methods = list(losses) if losses else default_methods()
     label_methods = [m for m in methods if not m.needs_teacher] or [CE()]
     models = train_generations(trainer, build, lambda: Objective(copy.deepcopy(label_methods)),
                                lambda: Objective(copy.deepcopy(methods)), as_indexed(train), generations)

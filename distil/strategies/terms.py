@@ -17,7 +17,7 @@ Rule = Callable[[Outputs, Outputs | None, Tensor], Tensor]
 
 
 class Wrapped(Method):
-    """A method seen through a rule; name, weight, needs_teacher and params are the method's own."""
+    """A method seen through a rule; name, weight, ratio, needs_teacher and params are the method's own."""
 
     def __init__(self, inner: Method) -> None:
         nn.Module.__init__(self)
@@ -26,6 +26,7 @@ class Wrapped(Method):
         self.paper = inner.paper
         self.needs_teacher = inner.needs_teacher
         self.params = inner.params
+        self.ratio = inner.ratio
 
     @property
     def weight(self) -> float:

@@ -19,8 +19,9 @@ from torch.utils.data import Dataset
 from distil.data import IndexedTensorDataset, Splits, load_dataset
 from distil.engine import predict
 from distil.errors import DistilError
-from distil.methods import CE, KD, Method, Objective
+from distil.methods import Method, Objective
 from distil.methods.base import Outputs
+from distil.methods.objective import default_methods
 from distil.recipe import DataConfig, TrainConfig, UnlabeledConfig
 from distil.strategies.augment_distill import augmentation
 from distil.strategies.offline import DistillResult, distill
@@ -77,13 +78,13 @@ def distill_unlabeled(teacher: nn.Module, student: nn.Module, pool: Tensor | Dat
                       cfg: TrainConfig | None = None, device: str = "auto", seed: int = 0,
                       quiet: bool = True) -> DistillResult:
     """Distill `teacher` into `student` on the inputs `pool` (a tensor, or a dataset whose labels are ignored),
-    after `labeled_part` when given; losses default to 0.1·CE + 0.9·KD(T=4); metrics come from `test`, else `val`."""
+    after `labeled_part` when given; losses default to 0.5·CE + 0.5·KD(T=4); metrics come from `test`, else `val`."""
     if test is None and val is None:
         raise DistilError("distill_unlabeled: give test or val data with labels to measure the student on.")
     if not isinstance(pool, Tensor):
         pool = torch.stack([pool[i][0] for i in range(len(pool))])
     part = None if labeled_part is None else _as_tensors(labeled_part)
-    methods = transfer_methods(list(losses) if losses else [CE(weight=0.1), KD(weight=0.9, temperature=4.0)],
+    methods = transfer_methods(list(losses) if losses else default_methods(),
                                part is not None, threshold)
     return distill(teacher, student, transfer_dataset(part, unlabeled(pool)), val, test, methods,
                    train_config=cfg or TrainConfig(), device=device, seed=seed, quiet=quiet)

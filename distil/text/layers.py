@@ -31,9 +31,10 @@ class LayerMapMethod(Method):
     feature_kind = "hidden"
     first_layer = 1
     Params = LayerMapParams
+    default_weight = "auto"
 
-    def __init__(self, weight: float = 1.0, **params) -> None:
-        super().__init__(weight, **params)
+    def __init__(self, weight: float | str | None = None, ratio: float | None = None, **params) -> None:
+        super().__init__(weight, ratio, **params)
         self.pairs: list[tuple[int, int]] = []
         self.models: list[TextModel] = []
 

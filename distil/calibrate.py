@@ -1,0 +1,146 @@
+"""What the engine measures on the student before it trains: the learning rate (`train.lr: auto`, a range test) and
+the loss weights of `weight: auto` terms (each term's gradient set to a ratio of the label loss's).
+
+Both measure the real objective on real batches of the stage and leave no trace: the caller runs them on a snapshot
+of the model, the objective and the RNG states, restored afterwards, so training starts from the same point.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+RANGE_STEPS = 100  # fastai's lr_find default (num_it=100)
+RANGE = {"adamw": (1e-6, 1.0), "sgd": (1e-5, 10.0)}  # lowest and highest lr tried, per optimizer
+SMOOTHING = 0.9  # exponential moving average of the loss (bias-corrected)
+DIVERGED = 4.0  # stop once the smoothed loss is this many times its minimum
+BALANCE_BATCHES = 4  # batches the gradient norms of `weight: auto` are averaged over
+
+
+@dataclass
+class RangeTest:
+    """The learning-rate range test of a stage: the lrs tried, the smoothed loss at each, and the lr chosen."""
+
+    lrs: list[float]
+    losses: list[float]
+    lr: float
+
+    def record(self, stage: str) -> dict:
+        """The metrics.jsonl line of this test."""
+        return {"stage": f"{stage}:lr_find", "lr": self.lr, "lrs": self.lrs, "losses": self.losses}
+
+
+PICK_DIVISOR = 10.0  # fastai's lr_min: a tenth of the lr at the smoothed loss's minimum
+
+
+def pick_lr(lrs: Sequence[float], losses: Sequence[float]) -> float:
+    """A tenth of the lr at the smoothed loss's minimum (fastai's `lr_min`): short of the edge where the loss turns
+    up, still fast. (On digits, benchmarks/api_defaults.py, it lands within 3x of a grid's best lr; a third of it
+    under-trains the MLP student in 20 epochs.)"""
+    best = min(range(len(losses)), key=losses.__getitem__)
+    return lrs[best] / PICK_DIVISOR
+
+
+def range_test(loss_at: Callable[[int], Tensor], optimizer: torch.optim.Optimizer, low: float, high: float,
+               steps: int = RANGE_STEPS, grad_clip: float | None = None) -> RangeTest:
+    """Train with an lr rising exponentially from `low` to `high` over `steps` steps (`loss_at(i)` is step i's
+    loss) until the smoothed loss diverges; return the curve and the lr `pick_lr` chooses from it."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    lrs: list[float] = []
+    losses: list[float] = []
+    average, best = 0.0, math.inf
+    for i in range(steps):
+        lr = low * (high / low) ** (i / max(1, steps - 1))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss = loss_at(i)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            break
+        loss.backward()
+        if grad_clip:
+            nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        average = SMOOTHING * average + (1 - SMOOTHING) * value
+        smoothed = average / (1 - SMOOTHING ** (i + 1))
+        lrs.append(lr)
+        losses.append(smoothed)
+        best = min(best, smoothed)
+        if smoothed > DIVERGED * best:
+            break
+    if not losses:
+        return RangeTest([], [], low)
+    return RangeTest(lrs, losses, pick_lr(lrs, losses))
+
+
+@dataclass
+class Balance:
+    """`weight: auto` terms: each one's measured gradient norm, the reference it was scaled to, the weight set."""
+
+    weights: dict[str, float] = field(default_factory=dict)
+    norms: dict[str, float] = field(default_factory=dict)
+    reference: str = ""
+    reference_norm: float = 0.0
+
+    def record(self, stage: str) -> dict:
+        """The metrics.jsonl line of this balance."""
+        return {"stage": f"{stage}:balance", "weights": self.weights, "grad_norms": self.norms,
+                "reference": self.reference, "reference_norm": self.reference_norm}
+
+
+def grad_norm(value: Tensor, params: Sequence[nn.Parameter]) -> float:
+    """|d value / d params| (L2 over every parameter; parameters it does not reach count as 0)."""
+    if not value.requires_grad:
+        return 0.0
+    grads = torch.autograd.grad(value, list(params), retain_graph=True, allow_unused=True)
+    norms = [g.detach().float().norm() for g in grads if g is not None]
+    return float(torch.stack(norms).norm()) if norms else 0.0
+
+
+def balance(methods: Sequence[nn.Module], names: Sequence[str], values_at: Callable[[int], list[Tensor]],
+            params: Sequence[nn.Parameter], batches: int = BALANCE_BATCHES) -> Balance | None:
+    """Set the weight of every `weight: auto` term (a method whose `ratio` is not None) so that its mean gradient
+    norm on `params` over `batches` batches is `ratio` times the reference's: the weighted label terms (those that
+    need no teacher), else the fixed-weight teacher terms. None when no term is auto.
+
+    `values_at(b)` gives batch b's unweighted term values (with their graphs), in `methods` order. Without a
+    reference, or for a term whose gradient is zero, the weight stays 1.
+    """
+    auto = [i for i, m in enumerate(methods) if m.ratio is not None]
+    if not auto:
+        return None
+    fixed = [i for i, m in enumerate(methods) if m.ratio is None]
+    reference = [i for i in fixed if not methods[i].needs_teacher] or fixed
+    sums = dict.fromkeys(auto, 0.0)
+    ref_norm = 0.0
+    for b in range(batches):
+        values = values_at(b)
+        for i in auto:
+            sums[i] += grad_norm(values[i], params) / batches
+        if reference:
+            ref_norm += grad_norm(sum(methods[i].weight * values[i] for i in reference), params) / batches
+    result = Balance(reference=" + ".join(names[i] for i in reference), reference_norm=ref_norm)
+    for i in auto:
+        method, norm = methods[i], sums[i]
+        method.weight = method.ratio * ref_norm / norm if norm > 0 and ref_norm > 0 else 1.0
+        result.weights[names[i]] = method.weight
+        result.norms[names[i]] = norm
+    return result
+
+
+def cycle(make: Callable[[int], Iterator]) -> Iterator:
+    """Endless batches: `make(round)` gives one pass, called again for each further round."""
+    round_ = 0
+    while True:
+        empty = True
+        for item in make(round_):
+            empty = False
+            yield item
+        if empty:
+            return
+        round_ += 1
