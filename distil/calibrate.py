@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 RANGE_STEPS = 100  # fastai's lr_find default (num_it=100)
+MIN_RANGE_STEPS = 30  # a stage shorter than RANGE_STEPS gets a test as long as itself, but not shorter than this
 RANGE = {"adamw": (1e-6, 1.0), "sgd": (1e-5, 10.0)}  # lowest and highest lr tried, per optimizer
 SMOOTHING = 0.9  # exponential moving average of the loss (bias-corrected)
 DIVERGED = 4.0  # stop once the smoothed loss is this many times its minimum
@@ -111,10 +112,11 @@ def balance(methods: Sequence[nn.Module], names: Sequence[str], values_at: Calla
     `values_at(b)` gives batch b's unweighted term values (with their graphs), in `methods` order. Without a
     reference, or for a term whose gradient is zero, the weight stays 1.
     """
-    auto = [i for i, m in enumerate(methods) if m.ratio is not None]
+    ratios = [getattr(m, "ratio", None) for m in methods]
+    auto = [i for i, r in enumerate(ratios) if r is not None]
     if not auto:
         return None
-    fixed = [i for i, m in enumerate(methods) if m.ratio is None]
+    fixed = [i for i, r in enumerate(ratios) if r is None]
     reference = [i for i in fixed if not methods[i].needs_teacher] or fixed
     sums = dict.fromkeys(auto, 0.0)
     ref_norm = 0.0

@@ -234,7 +234,8 @@ class Fit:
         else:
             self._lr = saved["lr"]
             for method, weight in zip(objective.methods, saved["weights"]):
-                method.weight = weight
+                if weight is not None:
+                    method.weight = weight
         params = [p for p in list(model.parameters()) + list(objective.parameters()) if p.requires_grad]
         optimizer = stage_optimizer(params, objective.sgd_parameters(), cfg, self._lr)
         steps_per_epoch = max(1, num_batches(self.train, cfg.batch_size) // cfg.accumulate)
@@ -336,7 +337,7 @@ class Fit:
 
     def _balance_terms(self, model: nn.Module, objective: Objective) -> calibrate.Balance | None:
         """Set the weights of the `weight: auto` terms from their gradient norms on the student (calibrate.balance)."""
-        if all(m.ratio is None for m in objective.methods):
+        if all(getattr(m, "ratio", None) is None for m in objective.methods):
             return None
         with self._rehearsal(model, objective):
             batches = self._calibration_batches(model, 700_001)
@@ -358,10 +359,12 @@ class Fit:
 
             def loss_at(_: int) -> torch.Tensor:
                 batch = next(batches)
-                values = self._term_values(model, objective, batch)
-                return sum(m.weight * v for m, v in zip(objective.methods, values))
+                teacher_out = self.teacher.outputs(batch) if objective.needs_teacher else None
+                return objective(self._student_outputs(model, batch), teacher_out, batch.y)[0]
 
-            self._lr_find = calibrate.range_test(loss_at, optimizer, low, high, grad_clip=self.cfg.grad_clip)
+            total = (self.epochs or self.cfg.epochs) * num_batches(self.train, self.cfg.batch_size)
+            steps = min(calibrate.RANGE_STEPS, max(calibrate.MIN_RANGE_STEPS, total))  # never longer than the stage
+            self._lr_find = calibrate.range_test(loss_at, optimizer, low, high, steps, grad_clip=self.cfg.grad_clip)
         return float(distributed.broadcast_object(self._lr_find.lr))
 
     def _train_epoch(self, epoch: int, model: nn.Module, forward: nn.Module, objective: Objective, optimizer,
@@ -532,7 +535,8 @@ class Fit:
             "stage": self.stage, "epoch": epoch, "model": model.state_dict(), "objective": objective.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
             "history": history, "best": best, "best_state": best_state, "bad_epochs": bad_epochs,
-            "bad_steps": int(self._bad_steps), "lr": self._lr, "weights": [m.weight for m in objective.methods],
+            "bad_steps": int(self._bad_steps), "lr": self._lr,
+            "weights": [getattr(m, "weight", None) for m in objective.methods],
         })
 
     def _load_checkpoint(self) -> dict | None:
