@@ -167,7 +167,8 @@ def member_teacher(run: Run, trainer: Trainer, i: int, member: MemberConfig) -> 
     splits = subset_splits(run.splits, classes) if classes else run.splits
     role = f"teacher_{i}"
     if member.checkpoint:
-        return make_model(member, splits, role, checkpoint_path=member.checkpoint).to(run.device).eval()
+        return make_model(member, splits, role, checkpoint_path=member.checkpoint,
+                          trust_code=run.trusted_code).to(run.device).eval()
     return trainer.with_val(splits.val).fit(f"teach_{i}", lambda: make_model(member, splits, role),
                                             scheduled_objective([LossTerm(name="ce")]), splits.train,
                                             epochs=member.epochs, lr=member.lr, role=role, arch=member, classes=classes)
