@@ -14,7 +14,6 @@ from distil.errors import DistilError
 from distil.recipe import ModelConfig, Recipe
 
 BYTES_PER_PARAMETER = 16  # fp32 weights, gradients and two AdamW moments
-SKIPPED_PREFIXES = ("checkpoint:", "python:", "hf:")  # loaded from files or built by user code: not sized here
 
 
 def memory_bytes(device: torch.device) -> int:
@@ -37,8 +36,11 @@ def parameter_count(cfg: ModelConfig, splits: Splits) -> int:
 
 
 def check_size(cfg: ModelConfig, splits: Splits, field: str, device: torch.device) -> None:
-    """DistilError naming `field` when training the model would need more memory than `device` has."""
-    if cfg.name.startswith(SKIPPED_PREFIXES):
+    """DistilError naming `field` when training the model would need more memory than `device` has (zoo models;
+    text models, `hf:` folders and `python:` factories are not built before training)."""
+    from distil.models.zoo import lookup
+
+    if lookup(cfg.name.lower()) is None:
         return
     count = parameter_count(cfg, splits)
     need, have = count * BYTES_PER_PARAMETER, memory_bytes(device)
