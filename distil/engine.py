@@ -175,8 +175,8 @@ class Fit:
         if stop_cfg.patience and not has_val:
             raise DistilError("train.early_stopping.patience needs a validation split; set data.val_fraction > 0.")
         epochs = self.epochs or cfg.epochs
-        for method in self.objective.methods:  # terms that configure the models (e.g. ask for hidden states) do it
-            if hasattr(method, "attach"):      # here, before their own new parameters join the optimizer
+        for method in self.objective.leaves():  # terms that configure the models (e.g. ask for hidden states) do
+            if hasattr(method, "attach"):       # it here, wrapped ones too, before their parameters join the optimizer
                 method.attach(self.model, self.teacher)
         model, objective = self.model.to(device), self.objective.to(device)
         if device.type == "cuda" and _is_conv_net(model):
@@ -234,7 +234,7 @@ class Fit:
                 break
         if best_state is not None:
             model.load_state_dict(best_state)
-        for method in objective.methods:
+        for method in objective.leaves():
             if hasattr(method, "detach"):
                 method.detach()
         model.eval()
