@@ -16,8 +16,9 @@ import torch
 from distil.checkpoint import atomic_write_text
 from distil.data import IndexedTensorDataset, Splits, load_dataset
 from distil.engine import Fit, seed_everything
+from distil.explain.bundle import Explained
 from distil.explain.config import ExplainConfig
-from distil.explain.stage import Explained, Setting, fit_students
+from distil.explain.stage import Setting, fit_students
 from distil.explain.summary import size_text
 from distil.methods import build_objective
 from distil.models import build_model

@@ -18,13 +18,17 @@ def run(recipe: str | Recipe | None = None, *, overrides: list[str] | None = Non
     return run_recipe(recipe, runs_dir, resume=resume, overwrite=overwrite, quiet=quiet)
 
 
-def load(path: str):
-    """Load a model file written by distil (runs/<name>/models/*.pt): returns (model, metadata)."""
+def load(path: str, *, trust_code: bool = False):
+    """Load a model file written by distil (runs/<name>/models/*.pt): returns (model, metadata).
+
+    Model files are data; one that names a `python:` factory is rebuilt by importing and running that code, which
+    happens only with trust_code=True (dangerous for files you did not write).
+    """
     from pathlib import Path
 
     from distil.checkpoint import load_model
 
-    return load_model(Path(path))
+    return load_model(Path(path), trust_code=trust_code)
 
 
 __all__ = ["CE", "KD", "DistilError", "DistillResult", "MSELogits", "Method", "Outputs", "Recipe", "distill",

@@ -137,14 +137,25 @@ def read_layout(folder: Path) -> CacheLayout | None:
     return CacheLayout(**raw)
 
 
+def _mapped(file: Path, meta: dict) -> np.memmap | None:
+    """The .npy file memory-mapped read-only, or None when it is missing, its header is damaged or its shape and
+    dtype are not the ones the manifest recorded."""
+    try:
+        array = np.load(file, mmap_mode="r", allow_pickle=False)
+    except Exception:  # numpy's header parser raises many types (ValueError, SyntaxError, EOFError, ...)
+        return None
+    if list(array.shape) != list(meta["shape"]) or array.dtype.name != meta["dtype"]:
+        return None
+    return array
+
+
 def corrupt_blocks(folder: Path, layout: CacheLayout) -> list[tuple[str, int]]:
-    """(array, block) pairs whose data no longer match the checksum recorded when they were written."""
+    """(array, block) pairs whose data no longer match the checksum recorded when they were written (every block
+    of an array whose file is missing or whose header is damaged)."""
     bad = []
-    for name in layout.arrays:
-        file = Path(folder) / f"{name}.npy"
-        try:
-            array = np.load(file, mmap_mode="r")
-        except (OSError, ValueError):
+    for name, meta in layout.arrays.items():
+        array = _mapped(Path(folder) / f"{name}.npy", meta)
+        if array is None:
             return [(name, b) for b in range(layout.num_blocks)]
         crcs = layout.arrays[name].get("crc", {})
         bad += [(name, int(b)) for b, crc in crcs.items() if _crc(array, int(b)) != crc]
@@ -204,7 +215,8 @@ class CacheBuilder:
         layout = read_layout(self.folder)
         distributed.barrier()  # every rank has read the old manifest before rank 0 replaces it
         if layout is None or layout.fingerprint != self.fingerprint or layout.views != self.views \
-                or layout.dtype != self.cfg.dtype or layout.topk != self.cfg.topk:
+                or layout.dtype != self.cfg.dtype or layout.topk != self.cfg.topk \
+                or any(_mapped(self.folder / f"{name}.npy", meta) is None for name, meta in layout.arrays.items()):
             if distributed.is_main():
                 self._allocate()
             distributed.barrier()
@@ -269,6 +281,10 @@ def open_cache(folder: Path, expected_fingerprint: str | None = None, verify: bo
     missing = [n for n, meta in layout.arrays.items() if len(meta["crc"]) < layout.num_blocks]
     if missing:
         raise DistilError(f"the teacher cache in {folder} is incomplete ({missing[0]}); {rebuild}.")
+    damaged = [n for n, meta in layout.arrays.items() if _mapped(folder / f"{n}.npy", meta) is None]
+    if damaged:
+        raise DistilError(f"the teacher cache in {folder} is damaged ({damaged[0]}.npy is missing or its header is "
+                          f"unreadable); {rebuild}.")
     if verify:
         bad = corrupt_blocks(folder, layout)
         if bad:

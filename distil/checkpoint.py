@@ -1,9 +1,12 @@
 """Atomic, checksummed saving and loading of training checkpoints and of self-describing model files.
 
-Every file `save` writes is a torch.save payload followed by an 80-byte trailer holding the payload's SHA-256
-(torch.load ignores bytes after the zip archive, so plain `torch.load` still reads it). `load` checks the
-trailer, so a truncated or damaged file is found before it is used. Training checkpoints keep the previous
-good one beside them (`<stage>.prev.ckpt`), which `load_checkpoint` falls back to.
+Files are data, never code: every file `save` writes holds tensors and plain containers only (dicts, lists,
+strings, numbers) as a torch.save payload, and `load` reads it with `torch.load(weights_only=True)`, whose
+allow-listed unpickler refuses any other object, so a planted pickle cannot run. Model files keep their metadata
+as one JSON string. The payload is followed by an 80-byte trailer holding its SHA-256 (torch.load ignores bytes
+after the zip archive, so plain `torch.load` still reads it); `load` requires and checks it, so a truncated,
+damaged or foreign file is refused before it is used. Training checkpoints keep the previous good one beside
+them (`<stage>.prev.ckpt`), which `load_checkpoint` falls back to.
 
 In a distributed run only rank 0 writes: on any other rank `write_atomically` does nothing.
 """
@@ -13,11 +16,14 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import json
 import logging
 import os
+import pickle
 import signal
 import tempfile
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,7 +34,9 @@ from distil.errors import DistilError
 
 TRAILER_TAG = b"\nDISTIL-SHA256 "
 TRAILER_SIZE = len(TRAILER_TAG) + 64 + 1
-MODEL_FORMAT = "distil-model-1"  # the tag of a file written by save_model
+MODEL_FORMAT = "distil-model-2"  # the tag of a file written by save_model: weights + metadata as JSON text
+OLD_MODEL_FORMAT = "distil-model-1"  # the same fields as plain data beside the weights: still loaded (data only)
+REQUIRED_METADATA = ("config", "input_shape", "num_classes", "class_names")
 CRASH_ENV = "DISTIL_CRASH_AT"  # tests only: "<point>:<n>" kills this process (SIGKILL) inside its n-th `save`
 
 log = logging.getLogger("distil")
@@ -122,30 +130,41 @@ def save(path: Path, obj: Any, *, keep_previous: Path | None = None) -> None:
 
 
 def verify(path: Path) -> bytes:
-    """The payload of a file `save` wrote, after checking its checksum; DistilError when truncated or corrupt."""
+    """The payload of a file `save` wrote, after checking its checksum; DistilError when missing, cut or damaged."""
     path = Path(path)
     if not path.is_file():
-        raise DistilError(f"checkpoint {path} does not exist; give the path of a .pt file written by distil.")
+        raise DistilError(f"{path} does not exist; give the path of a file written by distil (a run's "
+                          "models/*.pt or checkpoints/*.ckpt).")
     data = path.read_bytes()
     trailer = data[-TRAILER_SIZE:]
     if not trailer.startswith(TRAILER_TAG):
-        if b"DISTIL-SHA256" in data[-4 * TRAILER_SIZE:]:
-            raise DistilError(f"checkpoint {path} is truncated or corrupt (its checksum trailer is damaged).")
-        return data  # written before checksums, or by torch.save directly: nothing to check
+        raise DistilError(f"{path} is truncated or corrupt, or was not written by distil (it has no checksum "
+                          "trailer; a bare torch.save file has none); use a file a distil run wrote, or save a "
+                          "model with distil.checkpoint.save_model.")
     payload = data[:-TRAILER_SIZE]
     if hashlib.sha256(payload).hexdigest().encode("ascii") != trailer[len(TRAILER_TAG):-1]:
-        raise DistilError(f"checkpoint {path} is truncated or corrupt (SHA-256 mismatch).")
+        raise DistilError(f"{path} is truncated or corrupt (SHA-256 mismatch); use an intact copy or rerun the "
+                          "stage that wrote it.")
     return payload
 
 
 def load(path: Path) -> Any:
-    """torch.load a file this package wrote (checksum checked), or a DistilError naming the file."""
+    """The tensors and plain data of a file this package wrote (checksum checked), or a DistilError naming it.
+
+    torch.load runs with weights_only=True: a payload holding any other object (a pickle that could run code) is
+    refused without being executed.
+    """
     payload = verify(path)
     try:
-        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise DistilError(f"{path} holds objects other than tensors and plain data (a pickle that could run "
+                          "code, or a training checkpoint from an older distil), so distil will not open it; "
+                          "use a file this distil version wrote (rerun the run, or delete its checkpoints/ "
+                          "folder and resume).") from None
     except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        raise DistilError(f"checkpoint {path} is truncated or corrupt, or not a distil file (torch.load raised "
-                          f"{type(exc).__name__}); use a file distil wrote.") from None
+        raise DistilError(f"{path} is corrupt or not a distil file (torch.load raised {type(exc).__name__}); use "
+                          "a file distil wrote.") from None
 
 
 def previous_path(path: Path) -> Path:
@@ -182,42 +201,101 @@ def load_checkpoint(path: Path) -> dict | None:
                       "stage from scratch.")
 
 
+def model_metadata(*, config: dict, input_shape: tuple[int, ...], num_classes: int, class_names: list[str],
+                   extra: dict | None = None, **more: Any) -> dict:
+    """The metadata of a model file as a JSON-able dict; DistilError naming the field that JSON cannot hold."""
+    meta = {"config": config, "input_shape": list(input_shape), "num_classes": int(num_classes),
+            "class_names": [str(c) for c in class_names], "extra": extra or {}, **more}
+    for key, value in meta.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise DistilError(f"model metadata field '{key}' is not plain JSON data ({exc}); store numbers, "
+                              "strings, lists and dicts only (arrays as lists).") from None
+    return meta
+
+
+def save_weights(path: Path, state_dict: dict, meta: dict, *, fmt: str = MODEL_FORMAT) -> None:
+    """Save a model file: its tensors plus `meta` (a dict from `model_metadata`) as JSON text, checksummed."""
+    weights = OrderedDict((k, v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in state_dict.items())
+    if hasattr(state_dict, "_metadata"):  # module versions: quantized modules read them on load
+        weights._metadata = state_dict._metadata
+    save(path, {"format": fmt, "metadata": json.dumps(meta), "state_dict": weights})
+
+
+def read_model_file(path: Path, formats: tuple[str, ...] = (MODEL_FORMAT,)) -> tuple[dict, dict]:
+    """(metadata, state dict) of a model file whose format is one of `formats`; DistilError for any other file."""
+    path = Path(path)
+    blob = load(path)
+    old = {MODEL_FORMAT: OLD_MODEL_FORMAT}
+    known = {*formats, *(old[f] for f in formats if f in old)}
+    if not isinstance(blob, dict) or blob.get("format") not in known or not isinstance(blob.get("state_dict"), dict):
+        raise DistilError(f"{path} is not a distil model file; use a models/*.pt file from a run folder.")
+    try:
+        meta = json.loads(blob["metadata"]) if "metadata" in blob else \
+            {k: v for k, v in blob.items() if k not in {"format", "state_dict"}}
+    except (TypeError, ValueError) as exc:
+        raise DistilError(f"{path}: its metadata is not valid JSON ({type(exc).__name__}); use an intact model "
+                          "file from a run folder.") from None
+    missing = [key for key in REQUIRED_METADATA if not isinstance(meta, dict) or key not in meta]
+    if missing:
+        raise DistilError(f"{path}: its metadata lacks {', '.join(missing)}; the file is damaged or was not "
+                          "written by distil: use a models/*.pt file from a run folder.")
+    meta.setdefault("extra", {})
+    meta["format"] = blob["format"]
+    return meta, blob["state_dict"]
+
+
 def save_model(path: Path, model: nn.Module, *, config: dict, input_shape: tuple[int, ...], num_classes: int,
                class_names: list[str], extra: dict | None = None) -> None:
-    """Save weights with what rebuilds the architecture (model config, input shape, classes)."""
-    save(path, {
-        "format": MODEL_FORMAT,
-        "config": config,
-        "input_shape": list(input_shape),
-        "num_classes": num_classes,
-        "class_names": list(class_names),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "extra": extra or {},
-    })
+    """Save weights with what rebuilds the architecture (model config, input shape, classes) as JSON metadata.
+
+    `extra` is any JSON-able dict (the run, the role, the preprocessing the model needs).
+    """
+    meta = model_metadata(config=config, input_shape=input_shape, num_classes=num_classes,
+                          class_names=class_names, extra=extra)
+    save_weights(path, model.state_dict(), meta)
 
 
-def load_model(path: Path) -> tuple[nn.Module, dict]:
-    """Rebuild a model saved by `save_model`; returns the model (eval mode, CPU) and the file's metadata."""
-    return model_from_blob(Path(path), load(path))
+def load_model(path: Path, *, trust_code: bool | Collection[str] = False) -> tuple[nn.Module, dict]:
+    """Rebuild a model saved by `save_model`; returns the model (eval mode, CPU) and the file's metadata.
+
+    A file naming a `python:` factory is built only with `trust_code`: True, or names that include that factory's.
+    """
+    meta, state = read_model_file(path)
+    model = build_from_metadata(Path(path), meta, trust_code=trust_code)
+    return with_weights(model, state, meta, Path(path), f"the architecture it names ({meta['config'].get('name')})")
 
 
-def model_from_blob(path: Path, blob: object) -> tuple[nn.Module, dict]:
-    """The model of an already loaded `save_model` file (`blob`), as `load_model` returns it."""
+def build_from_metadata(path: Path, meta: dict, *, trust_code: bool | Collection[str] = False) -> nn.Module:
+    """A fresh model of the architecture a model file's metadata names; DistilError when it is damaged, or when
+    it names a `python:` factory (which would import and run code) that `trust_code` does not allow."""
     from distil.models import build_model
+    from distil.models.user import PREFIX
     from distil.recipe import ModelConfig
 
-    if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
-        raise DistilError(f"{path} is not a distil model file; use a models/*.pt file from a run folder.")
-    model = build_model(ModelConfig.model_validate(blob["config"]), tuple(blob["input_shape"]), blob["num_classes"])
-    return with_weights(model, blob, path, f"the architecture it names ({blob['config']['name']})")
+    try:
+        config = ModelConfig.model_validate(meta["config"])
+        shape, classes = tuple(int(side) for side in meta["input_shape"]), int(meta["num_classes"])
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise DistilError(f"{path}: its metadata does not describe a model distil can build "
+                          f"({type(exc).__name__}); use an intact model file from a run folder.") from None
+    if config.name.startswith("checkpoint:"):
+        raise DistilError(f"{path}: its metadata names another file ('{config.name}') as its architecture; a model "
+                          "file must name a zoo model: use a models/*.pt file from a run folder.")
+    if config.name.startswith(PREFIX) and not (trust_code is True or (trust_code and config.name in trust_code)):
+        raise DistilError(f"{path} names the factory '{config.name}', which would import and run Python code to "
+                          "build the model; if you wrote the file and trust it, load it in Python with "
+                          "distil.load(path, trust_code=True).")
+    return build_model(config, shape, classes)
 
 
-def with_weights(model: nn.Module, blob: dict, path: Path, architecture: str) -> tuple[nn.Module, dict]:
-    """`model` holding the file's weights, in eval mode, and the file's other fields; DistilError when they do not
+def with_weights(model: nn.Module, state: dict, meta: dict, path: Path, architecture: str) -> tuple[nn.Module, dict]:
+    """`model` holding the file's weights, in eval mode, and the file's metadata; DistilError when they do not
     fit `architecture` (a damaged file, or one written for another model)."""
     try:
-        model.load_state_dict(blob["state_dict"])
-    except RuntimeError:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError):
         raise DistilError(f"{path}: its weights do not fit {architecture}; the file is damaged or was not written "
                           "by distil for this model.") from None
-    return model.eval(), {k: v for k, v in blob.items() if k != "state_dict"}
+    return model.eval(), meta

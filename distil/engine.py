@@ -53,8 +53,12 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    """Every RNG state a training step consumes (dropout, augmentation), for exact resume."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG state a training step consumes (dropout, augmentation), for exact resume, as tensors and plain
+    containers (a checkpoint is loaded with weights_only=True)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "gauss": float(gauss)}
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -62,8 +66,10 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     """Restore the states `rng_state` captured."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -218,8 +224,8 @@ class Fit:
         if stop_cfg.patience and not has_val:
             raise DistilError("train.early_stopping.patience needs a validation split; set data.val_fraction > 0.")
         epochs = self.epochs or cfg.epochs
-        for method in self.objective.methods:  # terms that configure the models (e.g. ask for hidden states) do it
-            if hasattr(method, "attach"):      # here, before their own new parameters join the optimizer
+        for method in self.objective.leaves():  # terms that configure the models (e.g. ask for hidden states) do
+            if hasattr(method, "attach"):       # it here, wrapped ones too, before their parameters join the optimizer
                 method.attach(self.model, self.teacher)
         model, objective = self.model.to(device), self.objective.to(device)
         if device.type == "cuda" and _is_conv_net(model):
@@ -285,7 +291,7 @@ class Fit:
                 break
         if best_state is not None:
             model.load_state_dict(best_state)
-        for method in objective.methods:
+        for method in objective.leaves():
             if hasattr(method, "detach"):
                 method.detach()
         model.eval()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,12 +17,14 @@ from distil.card import write_model_card
 from distil.compress.stage import Ship
 from distil.data import Splits, load_dataset
 from distil.data.augment import view_of
+from distil.data.splits import check_splits
 from distil.engine import Fit, predict, seed_everything, targets_of
 from distil.errors import DistilError
 from distil.explain.stage import run_explain
 from distil.methods import teacher_taps
 from distil.metrics import classification_metrics
 from distil.models import build_model
+from distil.preflight import check_models
 from distil.profile import profile_model
 from distil.recipe import LossTerm, ModelConfig, Recipe, dump_recipe
 from distil.report import gains, write_report
@@ -35,6 +39,8 @@ from distil.strategies.trainer import Transform
 from distil.teachers import LiveTeacher, TeacherSource
 from distil.trackers import open_trackers
 
+log = logging.getLogger("distil")
+PROGRESS = ("models", "checkpoints", "cache")  # what a run folder holds once something has been trained
 ROLES = {"teacher": "teacher", "student": "student (distilled)", "alone": "student (alone)",
          "pruned": "student (pruned)", "finetuned": "student (distilled + fine-tuned)"}
 
@@ -47,11 +53,13 @@ class RunResult:
     results: dict
 
 
-def make_model(cfg: ModelConfig, splits: Splits, role: str, checkpoint_path: str | None = None) -> nn.Module:
-    """Build a zoo / python: model, or load a `checkpoint:` one, and check it fits the data."""
+def make_model(cfg: ModelConfig, splits: Splits, role: str, checkpoint_path: str | None = None,
+               trust_code: Collection[str] = ()) -> nn.Module:
+    """Build a zoo / python: model, or load a `checkpoint:` one (rebuilt with the `python:` factories in
+    `trust_code` only), and check it fits the data."""
     path = checkpoint_path or (cfg.name.removeprefix("checkpoint:") if cfg.name.startswith("checkpoint:") else None)
     if path is not None:
-        model, meta = checkpoint.load_model(Path(path))
+        model, meta = checkpoint.load_model(Path(path), trust_code=trust_code)
         if meta["num_classes"] != splits.num_classes:
             raise DistilError(f"{role} checkpoint {path} predicts {meta['num_classes']} classes but the data "
                               f"'{splits.name}' has {splits.num_classes}; use a checkpoint trained on this data.")
@@ -96,6 +104,9 @@ class Run:
             if distributed.is_main() else []
         self.log = MetricsLog(self.dir / "metrics.jsonl", trackers)
         self.splits = load_dataset(recipe.data, seed=recipe.seed)
+        self.warnings = check_splits(self.splits)  # for the report; one class fails here
+        for warning in self.warnings:
+            log.warning("distil: %s", warning)
 
     def _prepare_folder(self, overwrite: bool) -> None:
         saved = self.dir / "recipe.yaml"
@@ -111,6 +122,25 @@ class Run:
                                   "overrides, or start a new run with --set name=....")
         distributed.barrier()  # every rank has looked at the folder before rank 0 writes into it
         checkpoint.atomic_write_text(saved, text)
+
+    @property
+    def trusted_code(self) -> frozenset[str]:
+        """The `python:` factories the recipe names: the run's own model files may be rebuilt with them."""
+        found: set[str] = set()
+
+        def walk(value: object) -> None:
+            if isinstance(value, dict):
+                name = value.get("name")
+                if isinstance(name, str) and name.startswith("python:"):
+                    found.add(name)
+                for item in value.values():
+                    walk(item)
+            elif isinstance(value, list):
+                for item in value:
+                    walk(item)
+
+        walk(self.recipe.model_dump(mode="json"))
+        return frozenset(found)
 
     def model_path(self, role: str) -> Path:
         """Where the finished model of `role` (teacher, student, alone) is saved."""
@@ -129,7 +159,7 @@ class Run:
         """Train (or, when its model file exists on resume, load) the model of `role` against `terms`."""
         done = self.model_path(role)
         if self.resume and done.is_file():
-            return checkpoint.load_model(done)[0].to(self.device)
+            return checkpoint.load_model(done, trust_code=self.trusted_code)[0].to(self.device)
         seed_everything(self.recipe.seed)  # same seed per stage: distilled and alone students start identical
         model = make_model(cfg, self.splits, role)
         fit = Fit(stage=stage, model=model, objective=scheduled_objective(terms), train=self.splits.train,
@@ -146,7 +176,8 @@ class Run:
         """The teacher: loaded from `teacher.checkpoint`, or trained on the labels."""
         t = self.recipe.teacher
         if t.checkpoint:
-            model = make_model(t, self.splits, "teacher", checkpoint_path=t.checkpoint)
+            model = make_model(t, self.splits, "teacher", checkpoint_path=t.checkpoint,
+                               trust_code=self.trusted_code)
             return model.to(self.device).eval()
         return self.train_stage("teach", "teacher", t, [LossTerm(name="ce")], epochs=t.epochs, lr=t.lr)
 
@@ -208,6 +239,7 @@ class Run:
 
     def execute(self) -> RunResult:
         """Run every stage in order and write results.json and report.md."""
+        check_models(self.recipe, self.splits, self.device)  # before the teacher trains
         outcome = run_strategy(self) if self.recipe.distill.strategy != "offline" else None  # distil/strategies
         if outcome is None:
             teacher = self.teach()
@@ -233,6 +265,8 @@ class Run:
                 outcome.annotate(results)  # the strategy's labels and tables (per generation, per task)
             results["gains"] = gains(results)
             results["settings"] = chosen_settings(self.log.records())
+            if self.warnings:
+                results["warnings"] = list(self.warnings)
             write_report(self.dir, results)
             write_model_card(self.dir, self.recipe, results)
         self.log.close()
@@ -241,5 +275,16 @@ class Run:
 
 def run_recipe(recipe: Recipe, runs_dir: Path | str = "runs", *, resume: bool = False, overwrite: bool = False,
                quiet: bool = False) -> RunResult:
-    """Run a whole recipe in `runs_dir/<name>/` and return where it wrote and what it measured."""
-    return Run(recipe, runs_dir, resume=resume, overwrite=overwrite, quiet=quiet).execute()
+    """Run a whole recipe in `runs_dir/<name>/` and return where it wrote and what it measured.
+
+    A new run that fails before it saved anything (a bad dataset, a model that cannot fit) leaves no folder behind,
+    so fixing the recipe and running it again needs no --overwrite.
+    """
+    folder = Path(runs_dir) / recipe.name
+    fresh = overwrite or not (folder.is_dir() and any(folder.iterdir()))
+    try:
+        return Run(recipe, runs_dir, resume=resume, overwrite=overwrite, quiet=quiet).execute()
+    except BaseException:
+        if fresh and distributed.is_main() and not any((folder / part).exists() for part in PROGRESS):
+            shutil.rmtree(folder, ignore_errors=True)
+        raise

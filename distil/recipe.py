@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import types
+import typing
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -13,13 +15,17 @@ from pydantic import (
     Field,
     PositiveFloat,
     ValidationError,
+    field_validator,
     model_serializer,
     model_validator,
 )
 
-from distil.errors import DistilError
+from distil.errors import DistilError, nearest
 from distil.explain.config import ExplainConfig
 from distil.text.config import TextDataConfig, TextModelConfig, share_teacher_tokenizer
+
+SEED_LIMIT = 2**32  # seeds are numpy's (32 bits)
+NAME_LIMIT = 100  # characters in a run name: a folder name, with room for the files under it
 
 
 class StrictModel(BaseModel):
@@ -33,7 +39,7 @@ class SyntheticConfig(StrictModel):
 
     num_samples: int = Field(1000, ge=10)
     num_classes: int = Field(4, ge=2)
-    shape: list[int] = Field(default_factory=lambda: [16], min_length=1, max_length=3)
+    shape: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [16], min_length=1, max_length=3)
     noise: float = Field(1.0, ge=0)
 
 
@@ -68,7 +74,7 @@ class DataConfig(StrictModel):
     label_column: str = "label"
     val_fraction: float = Field(0.1, ge=0.0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5)
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     normalize: bool = True
     limit: int | None = Field(None, ge=10)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
@@ -301,7 +307,7 @@ class Recipe(StrictModel):
     """A whole run: data, teacher, student, distillation, training and evaluation settings."""
 
     name: str = "run"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     device: str = "auto"
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=lambda: TeacherConfig(name="mlp", hidden=[512, 512]))
@@ -317,10 +323,19 @@ class Recipe(StrictModel):
     export: ExportConfig | None = None
     serve: ServeConfig = Field(default_factory=ServeConfig)
 
-    @model_validator(mode="after")
-    def _name_is_a_folder_name(self) -> Recipe:
-        if not self.name or any(c in self.name for c in "/\\") or self.name in {".", ".."}:
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder_name(cls, name: str) -> str:
+        if not name or any(c in name for c in "/\\") or name in {".", ".."}:
             raise ValueError("name must be a plain folder name (no slashes)")
+        if not name.isprintable():
+            raise ValueError("name must be a plain folder name (no control characters such as NUL or newlines)")
+        if len(name) > NAME_LIMIT:
+            raise ValueError(f"name is {len(name)} characters long; use at most {NAME_LIMIT} (it names the run folder)")
+        return name
+
+    @model_validator(mode="after")
+    def _text_tokenizers(self) -> Recipe:
         share_teacher_tokenizer(self)  # text: data and student default to the hf: teacher's tokenizer folder
         return self
 
@@ -337,6 +352,29 @@ def _field_path(loc: tuple) -> str:
     return ".".join(str(p) if str(p).isprintable() else repr(str(p)) for p in loc) or "recipe"  # one line
 
 
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The config section class an annotation holds (through Optional, lists and dicts), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType, list, dict, Annotated):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def section_fields(loc: tuple) -> list[str]:
+    """The valid field names of the recipe section at `loc` (list indices skipped), or [] when it is not one."""
+    model: type[BaseModel] | None = Recipe
+    for key in loc:
+        if isinstance(key, int) or model is None:
+            continue
+        field = model.model_fields.get(str(key))
+        model = _model_in(field.annotation) if field is not None else None
+    return list(model.model_fields) if model is not None else []
+
+
 def validate_recipe(raw: Any, source: str = "recipe") -> Recipe:
     """Turn a parsed YAML mapping into a Recipe, or raise DistilError naming the first bad field."""
     if raw is None:
@@ -350,7 +388,10 @@ def validate_recipe(raw: Any, source: str = "recipe") -> Recipe:
         err = exc.errors()[0]
         field = _field_path(err["loc"])
         if err["type"] == "extra_forbidden":
-            raise DistilError(f"{source}: unknown field '{field}'; remove it or check its spelling.") from None
+            valid = section_fields(err["loc"][:-1])
+            hint = nearest(str(err["loc"][-1]), valid)
+            listed = f"; valid fields here: {', '.join(valid)}" if valid else ""
+            raise DistilError(f"{source}: unknown field '{field}'{hint}{listed}.") from None
         raise DistilError(f"{source}: field '{field}': {err['msg']}.") from None
     from distil.methods import validate_terms  # late import: the registry imports torch
 
@@ -402,13 +443,37 @@ def apply_override(raw: dict, keys: list[str], value: Any) -> None:
             raise DistilError(f"--set {path}: cannot set a field inside a {type(node).__name__} value.")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise DuplicateKey(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+class DuplicateKey(yaml.YAMLError):
+    """A mapping that names a key twice."""
+
+    def __init__(self, key: object, line: int) -> None:
+        super().__init__(f"duplicate key {key!r} at line {line}")
+        self.key, self.line = key, line
+
+
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
     """Read a recipe file (the built-in default when None), apply `--set` overrides and validate it."""
     source = Path(path) if path is not None else builtin_recipe_path()
     if not source.is_file():
         raise DistilError(f"recipe file {source} does not exist; give the path of a .yaml recipe.")
     try:
-        raw = yaml.safe_load(source.read_text(encoding="utf-8"))
+        raw = yaml.load(source.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except DuplicateKey as exc:
+        raise DistilError(f"recipe file {source}: key '{exc.key}' appears twice (again at line {exc.line}); keep "
+                          "one of them.") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

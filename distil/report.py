@@ -93,6 +93,7 @@ def render_markdown(results: dict) -> str:
         "",
         f"Data: `{results['dataset']}`, {results['test_samples']} test samples; measured on `{results['device']}`.",
         "",
+        *[f"> **Warning:** {w}\n" for w in results.get("warnings", [])],
         render_markdown_table(results),
         "",
         "## What distillation bought",

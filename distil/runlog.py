@@ -54,8 +54,9 @@ class MetricsLog:
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def rewind(self, stage: str, epoch: int) -> None:
-        """Keep only `stage`'s records up to `epoch` (and every other stage's), rewriting the file atomically."""
-        kept = [r for r in self.records() if r.get("stage") != stage or r.get("epoch", 0) <= epoch]
+        """Keep only `stage`'s records of epochs up to `epoch` (and every other stage's), rewriting the file
+        atomically; the stage's records without an epoch (evaluate's) are dropped too."""
+        kept = [r for r in self.records() if r.get("stage") != stage or r.get("epoch", epoch + 1) <= epoch]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def drop_stage(self, stage: str) -> None:

@@ -92,7 +92,7 @@ def run_trial(recipe_path: Path | None, overrides: list[str], runs_dir: Path, th
         torch.set_num_threads(threads)
     run = Run(load_recipe(recipe_path, overrides), runs_dir, overwrite=True, quiet=True)
     result = run.execute()
-    student = load_model(run.model_path("student"))[0].to(run.device)
+    student = load_model(run.model_path("student"), trust_code=run.trusted_code)[0].to(run.device)
     logits = predict(student, run.splits.val, run.device)
     val_acc = (logits.argmax(-1) == targets_of(run.splits.val)).float().mean().item()
     return {OBJECTIVE: val_acc, "test_top1": result.results["models"]["student"]["top1"], "run_dir": str(run.dir)}

@@ -109,6 +109,21 @@ def test_corruption_is_detected_and_a_rebuild_repairs_only_that_block(tmp_path):
     open_cache(tmp_path, "f")
 
 
+@pytest.mark.parametrize("damage", [b"\x93NUMPY\x01\x00v\x00{'descr': '<f4', 'shape': (", b"garbage"])
+def test_a_damaged_npy_header_is_refused_then_rebuilt(tmp_path, damage):
+    data, teacher = setup()
+    build(tmp_path, LiveTeacher(teacher), data, dtype="fp32")
+    good = np.load(tmp_path / "logits.npy").copy()
+    raw = bytearray((tmp_path / "logits.npy").read_bytes())
+    raw[: len(damage)] = damage
+    (tmp_path / "logits.npy").write_bytes(bytes(raw))
+    with pytest.raises(DistilError, match=r"damaged \(logits.npy is missing or its header is unreadable\)"):
+        open_cache(tmp_path, "f", verify=False)
+    build(tmp_path, LiveTeacher(teacher), data, dtype="fp32")
+    assert np.array_equal(np.load(tmp_path / "logits.npy"), good)
+    open_cache(tmp_path, "f")
+
+
 def test_a_stale_or_missing_cache_is_refused(tmp_path):
     data, teacher = setup()
     with pytest.raises(DistilError, match="no teacher cache"):

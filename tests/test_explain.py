@@ -15,6 +15,7 @@ import distil
 from distil.checkpoint import load_model, save_model
 from distil.data import IndexedTensorDataset, Splits
 from distil.errors import DistilError
+from distil.explain.bundle import load_bundle, save_bundle
 from distil.explain.config import ExplainConfig, LinearConfig, RulesConfig, TreeConfig
 from distil.explain.fidelity import agreement, fidelity_scores
 from distil.explain.linear import LinearStudent
@@ -117,6 +118,24 @@ def test_fit_students_measures_every_student_both_ways() -> None:
             assert all(0.0 <= m[key] <= 1.0 for key in ("top1", "fidelity", "fidelity_perturbed"))
     assert explained.names.features == ["x[0]", "x[1]", "x[2]"] and explained.names.classes == ["a", "b", "c"]
     assert len(explained.teacher_test_predictions) == 300
+
+
+def test_a_saved_bundle_reloads_students_that_predict_and_explain_the_same(tmp_path) -> None:
+    splits = grid_splits()
+    explained = fit_students(setting(ThresholdRule(), splits, students=["tree", "rules", "linear", "soft_tree"],
+                                     soft_tree={"depth": 2, "epochs": 1}))
+    save_bundle(tmp_path / "students.npz", explained)
+    loaded = load_bundle(tmp_path / "students.npz")
+    assert loaded.results == explained.results and loaded.names == explained.names
+    assert loaded.input_shape == explained.input_shape
+    assert np.array_equal(loaded.teacher_test_predictions, explained.teacher_test_predictions)
+    x = splits.test.x.numpy()
+    for kind, variants in explained.students.items():
+        for variant, student in variants.items():
+            again = loaded.students[kind][variant]
+            assert np.array_equal(again.predict_proba(x), student.predict_proba(x)), (kind, variant)
+            assert np.array_equal(again.importance(), student.importance()) and again.size() == student.size()
+            assert again.decision_path(x[0], explained.names) == student.decision_path(x[0], explained.names)
 
 
 def test_tree_fits_soft_labels_as_their_mean() -> None:

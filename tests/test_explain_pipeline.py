@@ -31,7 +31,7 @@ def explained_run(tmp_path_factory) -> Path:
 
 
 def test_a_run_with_explain_writes_students_plots_results_and_report(explained_run: Path) -> None:
-    for name in [*PLOTS, "students.pkl"]:
+    for name in [*PLOTS, "students.npz"]:
         assert (explained_run / "explain" / name).is_file(), name
     results = json.loads((explained_run / "results.json").read_text())["explain"]
     assert set(results["students"]) == {"tree", "linear", "rules", "soft_tree"}
@@ -74,11 +74,11 @@ def test_cli_errors_are_one_line(explained_run: Path, tmp_path: Path, capsys) ->
     code, _, err = run_cli(["explain", explained_run, "--input", "100000"], capsys)
     assert code == 2 and "--input: 100000 is not a test sample" in err and err.count("\n") == 1
     code, _, err = run_cli(["explain", tmp_path], capsys)
-    assert code == 2 and "explain:" in err and "students.pkl does not exist" in err
+    assert code == 2 and "explain:" in err and "students.npz does not exist" in err
     (tmp_path / "explain").mkdir()
-    (tmp_path / "explain" / "students.pkl").write_bytes(b"not a pickle")
+    (tmp_path / "explain" / "students.npz").write_bytes(b"not an archive")
     code, _, err = run_cli(["explain", tmp_path], capsys)
-    assert code == 2 and "is not a distil explain file" in err
+    assert code == 2 and "is not an intact distil explain file" in err and err.count("\n") == 1
 
 
 def test_bad_explain_section_fails_before_training(tmp_path: Path, capsys) -> None:

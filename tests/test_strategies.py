@@ -10,9 +10,9 @@ from distil.batch import Batch
 from distil.data import IndexedTensorDataset
 from distil.engine import Fit
 from distil.errors import DistilError
-from distil.methods import CE, KD, Objective
+from distil.methods import CE, KD, Objective, build_objective
 from distil.methods.base import Outputs
-from distil.recipe import Schedule, TrainConfig, validate_recipe
+from distil.recipe import LossTerm, Schedule, TrainConfig, validate_recipe
 from distil.strategies.augment_distill import Adversarial, CutMix, Mixup
 from distil.strategies.continual import forgetting, resolve_tasks, step_objective
 from distil.strategies.multi_teacher import Ensemble, EnsembleTeacher, combine
@@ -130,6 +130,50 @@ def test_ensemble_maps_teacher_classes_and_feeds_the_engine():
     assert torch.allclose(out.logits.exp(), expected, atol=1e-6)
     with pytest.raises(DistilError, match="features_from"):
         EnsembleTeacher(ensemble, features_from=2)
+
+
+def test_an_ensemble_teacher_taps_the_features_of_features_from_and_feature_losses_train():
+    torch.manual_seed(0)
+    t0 = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 2))
+    t1 = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2))
+    data = IndexedTensorDataset(torch.randn(32, 3), torch.randint(0, 2, (32,)))
+    source = EnsembleTeacher.of([t0, t1], features_from=1)
+    source.tap(["1"])
+    out = source.outputs(Batch(torch.arange(4), data.x[:4], data.y[:4]))
+    assert torch.equal(out.features["1"], t1[1](t1[0](data.x[:4])).detach())
+    objective = build_objective([LossTerm(name="kd"), LossTerm(name="fitnet", student="1", teacher="1")])
+    student = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    Fit(stage="distill", model=student, objective=objective, train=data, val=None,
+        cfg=TrainConfig(epochs=1, batch_size=8), device=torch.device("cpu"),
+        teacher=EnsembleTeacher.of([t0, t1], features_from=1), quiet=True).run()
+    regressor = objective.methods[1].regressors[0]
+    assert [p.shape for p in regressor.parameters()][0][:2] == (5, 4)  # student 4 -> teacher 1's 5 features
+
+
+class Attaching(KD):
+    """KD that records the engine attaching and detaching it (as text layer losses configure the models)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def attach(self, student: nn.Module, teacher) -> None:
+        self.calls.append("attach")
+
+    def detach(self) -> None:
+        self.calls.append("detach")
+
+
+def test_the_engine_attaches_wrapped_terms():
+    torch.manual_seed(0)
+    data = IndexedTensorDataset(torch.randn(20, 4), torch.randint(0, 2, (20,)))
+    inner = [Attaching(), Attaching()]
+    wrapped = [SampleWeighted(inner[0], "confidence"),
+               Scheduled(inner[1], {"weight": Schedule(kind="linear", start=0, end=1)})]
+    Fit(stage="t", model=nn.Linear(4, 2), objective=Objective(wrapped), train=data, val=None,
+        cfg=TrainConfig(epochs=1, batch_size=10), device=torch.device("cpu"), teacher=LiveTeacher(nn.Linear(4, 2)),
+        quiet=True).run()
+    assert inner[0].calls == inner[1].calls == ["attach", "detach"]
 
 
 def test_mixup_cutmix_and_adversarial_batches():

@@ -88,7 +88,7 @@ class Ship:
         p, run = self.run.recipe.compress.prune, self.run
         path = self.path("pruned")
         if run.resume and path.is_file():
-            model, meta = load_any(path)
+            model, meta = load_any(path, trust_code=run.trusted_code)
             self.widths = meta.get("widths", {})
             self.sections["compress"]["prune"] = meta["extra"]["prune"]
             return model.to(run.device)
@@ -127,7 +127,7 @@ class Ship:
         self.sections["compress"]["quantize"] = {"mode": mode, "backend": qc.backend, "source": source_role,
                                                  "calibration_samples": n if mode == "static" else 0}
         if run.resume and path.is_file():
-            return load_any(path)[0]
+            return load_any(path, trust_code=run.trusted_code)[0]
         order = torch.randperm(len(self.splits.train), generator=torch.Generator().manual_seed(run.recipe.seed))
         model = q.quantize(source, mode, qc.backend, self.splits.train.x[order[:n]])
         save_compressed(path, model, self.meta("int8", source=source_role), widths=self.widths,

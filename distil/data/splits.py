@@ -67,6 +67,25 @@ def load_dataset(cfg: DataConfig, seed: int | None = None) -> Splits:
     )
 
 
+MIN_TEST_SAMPLES = 20  # below this, one test sample moves top-1 by more than 5 points
+
+
+def check_splits(splits: Splits) -> list[str]:
+    """DistilError when the data cannot train a classifier (one class); warnings for the report when the test split
+    is too small to measure anything."""
+    present = torch.unique(splits.train.y[splits.train.y >= 0]) if len(splits.train) else torch.zeros(0)
+    if len(present) < 2:
+        found = f"only class '{splits.class_names[int(present[0])]}'" if len(present) else "no labeled sample"
+        raise DistilError(f"data '{splits.name}': the training split holds {found}; a classifier needs samples of at "
+                          "least two classes: check the labels (or data.limit).")
+    n = len(splits.test)
+    if n < MIN_TEST_SAMPLES:
+        return [f"the test split holds only {n} sample{'s' if n != 1 else ''}, so each one moves top-1 by "
+                f"{100 / max(n, 1):.0f} points and the comparison means little; use more data or a larger "
+                "data.test_fraction."]
+    return []
+
+
 def _check(raw: Arrays, source: str) -> None:
     """Raise DistilError when a loaded dataset is inconsistent: lengths, label range, non-finite inputs."""
     pairs = [("x", raw.x, "y", raw.y)]

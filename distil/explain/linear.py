@@ -61,6 +61,19 @@ class LinearStudent:
         self.feature_scale = x.std(axis=0).astype(np.float64)
         return self
 
+    def data(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """The fitted student as JSON-able settings and arrays (see distil.explain.bundle)."""
+        return {"cfg": self.cfg.model_dump(), "num_classes": self.num_classes}, \
+            {"weights": self.weights, "bias": self.bias, "feature_scale": self.feature_scale}
+
+    @classmethod
+    def from_data(cls, info: dict, arrays: dict[str, np.ndarray]) -> LinearStudent:
+        """The student `data` described."""
+        student = cls(LinearConfig.model_validate(info["cfg"]), info["num_classes"])
+        student.weights, student.bias = arrays["weights"], arrays["bias"]
+        student.feature_scale = arrays["feature_scale"]
+        return student
+
     def logits(self, x: np.ndarray) -> np.ndarray:
         """x W^T + b."""
         return x.astype(np.float64) @ self.weights.T + self.bias

@@ -17,7 +17,7 @@ from distil.checkpoint import write_atomically
 from distil.explain.students import Names, is_image
 
 if TYPE_CHECKING:
-    from distil.explain.stage import Explained
+    from distil.explain.bundle import Explained
 
 TREE_LEVELS_SHOWN = 3
 MAX_CLASSES_SPELLED = 3

@@ -116,6 +116,24 @@ class RuleListStudent:
         self.num_features = x.shape[1]
         return self
 
+    def data(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """The fitted student as JSON-able settings and arrays (see distil.explain.bundle)."""
+        rules = [{"conditions": [[c.feature, c.above, c.threshold] for c in r.conditions], "support": r.support}
+                 for r in self.rules]
+        info = {"cfg": self.cfg.model_dump(), "num_classes": self.num_classes, "seed": self.seed,
+                "num_features": self.num_features, "rules": rules}
+        return info, {"distributions": np.stack([r.distribution for r in self.rules])}
+
+    @classmethod
+    def from_data(cls, info: dict, arrays: dict[str, np.ndarray]) -> RuleListStudent:
+        """The student `data` described."""
+        student = cls(RulesConfig.model_validate(info["cfg"]), info["num_classes"], info["seed"])
+        student.num_features = info["num_features"]
+        student.rules = [Rule([Condition(int(f), bool(above), float(t)) for f, above, t in r["conditions"]],
+                              distribution, float(r["support"]))
+                         for r, distribution in zip(info["rules"], arrays["distributions"], strict=True)]
+        return student
+
     def fired(self, x: np.ndarray) -> np.ndarray:
         """The index of the first rule each input satisfies (the ELSE rule catches the rest)."""
         x = x.astype(np.float32)

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from distil.errors import DistilError
+from distil.explain.bundle import BUNDLE, Explained, load_bundle
 from distil.explain.plots import render_plots
 from distil.explain.rules import RuleListStudent, numbered, order_rules, tree_rules
-from distil.explain.stage import BUNDLE, Explained, flat, load_bundle
+from distil.explain.stage import flat
 from distil.explain.summary import pct, size_text
 from distil.explain.tree import TreeStudent
 

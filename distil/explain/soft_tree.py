@@ -121,11 +121,31 @@ class SoftTreeStudent:
 
     kind = "soft_tree"
 
-    def __init__(self, model: SoftDecisionTree, x_fit: np.ndarray) -> None:
+    def __init__(self, model: SoftDecisionTree, x_fit: np.ndarray | None = None,
+                 reach: np.ndarray | None = None) -> None:
         self.model = model.cpu().eval()
-        with torch.no_grad():
-            _, _, reach = self.model.routing(torch.from_numpy(x_fit.astype(np.float32)))
-        self.reach = reach.mean(0).numpy()  # how often each inner node is visited by the inputs it learned from
+        if reach is None:
+            with torch.no_grad():
+                _, _, visits = self.model.routing(torch.from_numpy(x_fit.astype(np.float32)))
+            reach = visits.mean(0).numpy()
+        self.reach = reach  # how often each inner node is visited by the inputs it learned from
+
+    def data(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """The trained student as JSON-able settings and arrays (see distil.explain.bundle)."""
+        m = self.model
+        info = {"features": m.inner.in_features, "num_classes": m.leaves.shape[1], "depth": m.depth,
+                "penalty": m.penalty, "prediction": m.prediction}
+        weights = {f"state.{k}": v.detach().cpu().numpy() for k, v in m.state_dict().items()}
+        return info, {**weights, "reach": self.reach}
+
+    @classmethod
+    def from_data(cls, info: dict, arrays: dict[str, np.ndarray]) -> SoftTreeStudent:
+        """The student `data` described."""
+        state = {k.removeprefix("state."): torch.from_numpy(v) for k, v in arrays.items() if k.startswith("state.")}
+        model = SoftDecisionTree((info["features"],), info["num_classes"], depth=info["depth"],
+                                 beta=float(state["beta"]), penalty=info["penalty"], prediction=info["prediction"])
+        model.load_state_dict(state)
+        return cls(model, reach=arrays["reach"])
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """The prediction's class probabilities (max-path leaf, or mixture)."""

@@ -3,10 +3,8 @@ transfer data), measure accuracy, fidelity and size, and keep the fitted student
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -14,10 +12,9 @@ import torch
 from torch import Tensor, nn
 
 from distil import distributed
-from distil.checkpoint import atomic_write_bytes
 from distil.data import IndexedTensorDataset, Splits
 from distil.engine import Fit, predict, seed_everything
-from distil.errors import DistilError
+from distil.explain.bundle import BUNDLE, Explained, load_bundle, save_bundle
 from distil.explain.config import ExplainConfig
 from distil.explain.fidelity import agreement, fidelity_scores
 from distil.explain.linear import LinearStudent
@@ -37,8 +34,6 @@ if TYPE_CHECKING:
     from distil.pipeline import Run
 
 VARIANTS = ("alone", "distilled")
-BUNDLE = "students.pkl"
-BUNDLE_FORMAT = "distil-explain-1"
 SOFT_TREE_STAGES = {"alone": "explain_soft_tree_alone", "distilled": "explain_soft_tree"}
 
 FITTED: dict[str, Callable[[ExplainConfig, int, int], Transparent]] = {
@@ -64,17 +59,6 @@ class Setting:
     log: MetricsLog | None = None
     quiet: bool = True
     feature_names: list[str] | None = None
-
-
-@dataclass
-class Explained:
-    """The fitted students (kind -> variant -> student), their measurements, and what explanations need."""
-
-    students: dict[str, dict[str, Transparent]]
-    results: dict
-    names: Names
-    input_shape: tuple[int, ...]
-    teacher_test_predictions: np.ndarray
 
 
 def flat(x: Tensor) -> np.ndarray:
@@ -154,25 +138,6 @@ def fit_students(s: Setting) -> Explained:
     }
     names = Names(feature_names(splits.input_shape, s.feature_names), list(splits.class_names))
     return Explained(students, results, names, tuple(splits.input_shape), teacher_test)
-
-
-def save_bundle(path: Path, explained: Explained) -> None:
-    """Pickle the fitted students and their measurements atomically, so `distil explain` needs no refitting."""
-    atomic_write_bytes(path, pickle.dumps({"format": BUNDLE_FORMAT, "explained": explained}))
-
-
-def load_bundle(path: Path) -> Explained:
-    """The Explained a run's explain stage saved, or DistilError when there is none."""
-    if not path.is_file():
-        raise DistilError(f"{path} does not exist; run a recipe with an `explain:` section first "
-                          "(distil run RECIPE), then explain its run folder.")
-    try:
-        blob = pickle.loads(path.read_bytes())
-    except Exception:  # a torn or foreign pickle raises many types
-        blob = None
-    if not isinstance(blob, dict) or blob.get("format") != BUNDLE_FORMAT:
-        raise DistilError(f"{path} is not a distil explain file; rerun the recipe with --overwrite to rebuild it.")
-    return blob["explained"]
 
 
 def run_explain(run: Run, teacher: nn.Module) -> dict:

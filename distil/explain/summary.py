@@ -59,6 +59,6 @@ def render_explain(explain: dict) -> list[str]:
         "",
         *[line for plot in plots for line in (plot, "")],
         "`distil explain RUN_DIR` prints the rules and feature importance; `--input N` adds the decision path of "
-        "test sample N. The fitted students are in `explain/students.pkl`.",
+        "test sample N. The fitted students are in `explain/students.npz`.",
         "",
     ]

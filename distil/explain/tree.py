@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.tree import DecisionTreeClassifier
+from sklearn.tree._tree import Tree
 
 from distil.explain.config import TreeConfig
 from distil.explain.students import Names, class_summary, normalized
@@ -47,6 +48,26 @@ def node_distribution(tree: DecisionTreeClassifier, node: int, num_classes: int)
     return out
 
 
+def tree_arrays(tree: DecisionTreeClassifier) -> dict[str, np.ndarray]:
+    """A fitted tree as plain arrays (its nodes, node values and classes), which `tree_from_arrays` restores."""
+    state = tree.tree_.__getstate__()
+    return {"nodes": state["nodes"], "values": state["values"], "classes": np.asarray(tree.classes_),
+            "shape": np.array([tree.n_features_in_, state["max_depth"], state["node_count"]])}
+
+
+def tree_from_arrays(arrays: dict[str, np.ndarray]) -> DecisionTreeClassifier:
+    """The DecisionTreeClassifier `tree_arrays` described, ready to predict and plot (no refitting)."""
+    n_features, max_depth, node_count = (int(v) for v in arrays["shape"])
+    classes = arrays["classes"]
+    tree = Tree(n_features, np.array([len(classes)], dtype=np.intp), 1)
+    tree.__setstate__({"max_depth": max_depth, "node_count": node_count, "nodes": arrays["nodes"],
+                       "values": arrays["values"]})
+    model = DecisionTreeClassifier()
+    model.n_features_in_, model.n_outputs_, model.max_features_ = n_features, 1, n_features
+    model.classes_, model.n_classes_, model.tree_ = classes, len(classes), tree
+    return model
+
+
 class TreeStudent:
     """A bounded decision tree; its decision path is the list of threshold tests an input passes."""
 
@@ -63,6 +84,18 @@ class TreeStudent:
         self.model = fit_tree(x, targets, max_depth=self.cfg.max_depth, max_leaf_nodes=self.cfg.max_leaf_nodes,
                               min_samples_leaf=self.cfg.min_samples_leaf, seed=self.seed)
         return self
+
+    def data(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """The fitted student as JSON-able settings and arrays (see distil.explain.bundle)."""
+        return {"cfg": self.cfg.model_dump(), "num_classes": self.num_classes, "seed": self.seed}, \
+            tree_arrays(self.model)
+
+    @classmethod
+    def from_data(cls, info: dict, arrays: dict[str, np.ndarray]) -> TreeStudent:
+        """The student `data` described."""
+        student = cls(TreeConfig.model_validate(info["cfg"]), info["num_classes"], info["seed"])
+        student.model = tree_from_arrays(arrays)
+        return student
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """The class distribution of the leaf each input reaches."""

@@ -121,6 +121,14 @@ class EnsembleTeacher:
         """An ensemble teacher of live models."""
         return cls(Ensemble(teachers, combine, weights, classes, num_classes), features_from=features_from)
 
+    def tap(self, taps: Sequence[str]) -> None:
+        """Capture these features (module paths of teacher `features_from`) in every `outputs` from now on."""
+        source = self.sources[self.features_from]
+        if not hasattr(source, "tap"):
+            raise DistilError(f"distill.losses: teacher {self.features_from} of the ensemble cannot give features "
+                              f"({type(source).__name__}); use a live teacher for distill.features_from.")
+        source.tap(taps)
+
     def outputs(self, batch: Batch) -> Outputs:
         """The combined teacher outputs for the batch."""
         outs = [s.outputs(batch) for s in self.sources]
@@ -167,7 +175,8 @@ def member_teacher(run: Run, trainer: Trainer, i: int, member: MemberConfig) -> 
     splits = subset_splits(run.splits, classes) if classes else run.splits
     role = f"teacher_{i}"
     if member.checkpoint:
-        return make_model(member, splits, role, checkpoint_path=member.checkpoint).to(run.device).eval()
+        return make_model(member, splits, role, checkpoint_path=member.checkpoint,
+                          trust_code=run.trusted_code).to(run.device).eval()
     return trainer.with_val(splits.val).fit(f"teach_{i}", lambda: make_model(member, splits, role),
                                             scheduled_objective([LossTerm(name="ce")]), splits.train,
                                             epochs=member.epochs, lr=member.lr, role=role, arch=member, classes=classes)

@@ -63,7 +63,7 @@ class Trainer:
         run = self.run
         if run is None or role is None or not run.resume or not run.model_path(role).is_file():
             return None
-        return checkpoint.load_model(run.model_path(role))[0].to(self.device)
+        return checkpoint.load_model(run.model_path(role), trust_code=run.trusted_code)[0].to(self.device)
 
     def fit(self, stage: str, build: Callable[[], nn.Module], objective: Objective, train: Dataset, *,
             teacher: TeacherSource | None = None, epochs: int | None = None, lr: float | None = None,
