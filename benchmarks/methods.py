@@ -231,9 +231,10 @@ def summary(results: dict) -> list[str]:
     lines = [f"- {len(at_least)} of {len(methods)} methods at or above the student alone (mean over seeds)."]
     if "kd" in results and len(alone) > 1:
         delta = [a - b for a, b in zip(results["kd"]["top1"], alone)]
-        beyond = statistics.mean(delta) > statistics.stdev(delta)
+        side = "above" if statistics.mean(delta) > 0 else "below"
+        beyond = abs(statistics.mean(delta)) > statistics.stdev(delta)
         lines.append(f"- KD − alone: {100 * statistics.mean(delta):+.2f} ± {100 * statistics.stdev(delta):.2f} points "
-                     f"(paired by seed): {'beyond' if beyond else 'within'} the seed spread.")
+                     f"(paired by seed): {side} alone, {'beyond' if beyond else 'within'} the seed spread.")
     return [*lines, ""]
 
 

@@ -345,11 +345,16 @@ class Fit:
         """Set the weights of the `weight: auto` terms from their gradient norms on the student (calibrate.balance)."""
         if all(getattr(m, "ratio", None) is None for m in objective.methods):
             return None
+        listeners = [m for m in objective.modules() if callable(getattr(m, "set_progress", None))]
+        for listener in listeners:  # warm-ups at full strength: a term still ramping up has no gradient yet
+            listener.set_progress(1.0)
         with self._rehearsal(model, objective):
             batches = self._calibration_batches(model, 700_001)
             params = [p for p in model.parameters() if p.requires_grad]
             done = calibrate.balance(list(objective.methods), objective.term_names(),
                                      lambda _: self._term_values(model, objective, next(batches)), params)
+        for listener in listeners:
+            listener.set_progress(0.0)
         weights = distributed.broadcast_object([m.weight for m in objective.methods])
         for method, weight in zip(objective.methods, weights):
             method.weight = weight

@@ -154,3 +154,14 @@ def test_teacher_tensors_are_detached_in_the_objective():
     total.backward()
     assert t.grad is None and s.grad is not None
     assert F.mse_loss(s, t).requires_grad  # (the guard is the objective's, not autograd's)
+
+
+def test_weight_auto_measures_a_warming_up_term_at_full_strength():
+    teacher = mlp(seed=5)
+    objective = build_objective([LossTerm(name="ce"), LossTerm(name="dkd", weight="auto", warmup=0.5)])
+    model = mlp()
+    f = fit(model, objective, 0.1, teacher=teacher)
+    f._prepare_objective(model, objective)
+    f._calibrate(model, objective)
+    assert f._balance.norms["dkd"] > 0 and objective.methods[1].weight != 1.0
+    assert objective.methods[1].ramp() == 0.0  # training still starts at the warm-up's beginning
