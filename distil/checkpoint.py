@@ -286,7 +286,7 @@ def build_from_metadata(path: Path, meta: dict, *, trust_code: bool | Collection
     if config.name.startswith(PREFIX) and not (trust_code is True or (trust_code and config.name in trust_code)):
         raise DistilError(f"{path} names the factory '{config.name}', which would import and run Python code to "
                           "build the model; if you wrote the file and trust it, load it in Python with "
-                          "distil.load(path, trust_code=True).")
+                          "distil.load(path, trust_code=True), or `distil eval/export --trust-code`.")
     return build_model(config, shape, classes)
 
 

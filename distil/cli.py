@@ -14,6 +14,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Distill a large teacher into a small, fast student and compare them side by side.")
 
 
+TRUST_HELP = ("DANGEROUS: rebuild a model file that names a python: factory by importing and running that code; "
+              "only for files you wrote")
+
+
 def say(text: str, quiet: bool = False) -> None:
     """Print to stdout unless quiet."""
     if not quiet:
@@ -123,6 +127,7 @@ def evaluate(
     data_path: Annotated[Optional[str], typer.Option(help="file or folder for npz / csv / fashion_mnist")] = None,
     split: Annotated[str, typer.Option(help="train, val or test")] = "test",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    trust_code: Annotated[bool, typer.Option(help=TRUST_HELP)] = False,
 ) -> None:
     """Evaluate a saved model (plain, pruned or int8) on a dataset split: accuracy, F1, calibration, size, latency."""
     from distil.compress.files import load_any
@@ -135,7 +140,7 @@ def evaluate(
 
     if split not in {"train", "val", "test"}:
         raise DistilError(f"--split: '{split}' is not a split; use train, val or test.")
-    model, meta = load_any(model_file)
+    model, meta = load_any(model_file, trust_code=trust_code)
     splits = load_dataset(DataConfig(name=data, path=data_path))
     if tuple(meta["input_shape"]) != tuple(splits.input_shape) or meta["num_classes"] != splits.num_classes:
         raise DistilError(f"{model_file} expects inputs {tuple(meta['input_shape'])} with {meta['num_classes']} "
@@ -178,12 +183,14 @@ def export(
                                                      "or the model file's name with .onnx)")] = None,
     data: Annotated[Optional[str], typer.Option(help="dataset of the parity check (default: the run's data)")] = None,
     data_path: Annotated[Optional[str], typer.Option(help="file or folder for npz / csv / fashion_mnist")] = None,
+    trust_code: Annotated[bool, typer.Option(help=TRUST_HELP)] = False,
 ) -> None:
     """Export a run's shipped fp32 student (or a model file) to ONNX, checked with ONNX Runtime on the test split."""
     from distil.compress.stage import export_file
     from distil.recipe import DataConfig
 
-    dest, rep = export_file(target, out, DataConfig(name=data, path=data_path) if data else None)
+    dest, rep = export_file(target, out, DataConfig(name=data, path=data_path) if data else None,
+                            trust_code=trust_code)
     typer.echo(f"exported {dest} ({rep['bytes']:,} bytes, sha256 {rep['sha256'][:16]}…, dynamic batch axis)")
     typer.echo(f"ONNX Runtime vs PyTorch on {rep['samples']} test samples: max |Δ logit| {rep['max_abs_diff']:.3g} "
                f"(allowed {rep['atol']:g} + {rep['rtol']:g}·|logit|), top-1 changed on {rep['top1_changed']:.2%} "

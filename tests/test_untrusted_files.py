@@ -178,6 +178,16 @@ def test_model_files_hold_json_metadata_and_files_of_the_previous_format_still_l
                               extra={"fn": print})
 
 
+def test_a_python_factory_model_evaluates_with_trust_code(tmp_path: Path, capsys) -> None:
+    cfg = ModelConfig(name="python:user_models:make_model")
+    checkpoint.save_model(tmp_path / "m.pt", build_model(cfg, (1, 8, 8), 10), config=cfg.model_dump(),
+                          input_shape=(1, 8, 8), num_classes=10, class_names=META["class_names"])
+    err = one_line_exit_2(["eval", tmp_path / "m.pt", "--data", "digits"], capsys)
+    assert "--trust-code" in err
+    code, out, err = run_cli(["eval", tmp_path / "m.pt", "--data", "digits", "--trust-code"], capsys)
+    assert code == 0 and "top-1" in out.lower(), err
+
+
 def test_a_python_factory_model_loads_when_trusted(tmp_path: Path) -> None:
     cfg = ModelConfig(name="python:helper_models:expects_40_features")
     model = build_model(cfg, (40,), 3)

@@ -204,8 +204,10 @@ def run_folder_of(path: Path) -> Path | None:
     return folder if Path(path).parent.name == "models" and (folder / "recipe.yaml").is_file() else None
 
 
-def export_file(target: Path, out: Path | None = None, data: DataConfig | None = None) -> tuple[Path, dict]:
-    """`distil export`: a run's shipped fp32 student (or a model file) to ONNX, checked on the test split."""
+def export_file(target: Path, out: Path | None = None, data: DataConfig | None = None, *,
+                trust_code: bool = False) -> tuple[Path, dict]:
+    """`distil export`: a run's shipped fp32 student (or a model file) to ONNX, checked on the test split
+    (`trust_code` as in `distil.load`)."""
     from distil.compress.onnx_export import OnnxModel, export_checked
 
     target = Path(target)
@@ -224,7 +226,7 @@ def export_file(target: Path, out: Path | None = None, data: DataConfig | None =
         raise DistilError(f"{path} is not inside a run folder, so the data to check the export on is unknown; pass "
                           "--data NAME (and --data-path).")
     data = data or recipe.data
-    model, meta = load_any(path)
+    model, meta = load_any(path, trust_code=trust_code)
     if meta.get("quantized"):
         raise DistilError(f"{path} is an int8 model, which the ONNX export does not take; export the fp32 model it "
                           "came from (models/student-pruned.pt or models/student.pt).")
