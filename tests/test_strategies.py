@@ -258,7 +258,7 @@ def test_default_recipe_dump_has_no_strategy_noise():
     from distil.recipe import dump_recipe
 
     losses = yaml.safe_load(dump_recipe(validate_recipe({})))["distill"]["losses"]
-    assert losses == [{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9, "temperature": 4.0}]
+    assert losses == [{"name": "ce", "weight": 0.5}, {"name": "kd", "weight": 0.5, "temperature": 4.0}]
 
 
 def test_unlabeled_pool_from_the_training_split_or_another_dataset():
