@@ -113,8 +113,10 @@ class TeacherCache:
         return (batch.index.cpu().numpy().astype(np.int64) + view * self.layout.samples)
 
     def _gather(self, name: str, rows: np.ndarray, device: torch.device, width: int | None = None) -> Tensor:
-        values = self.arrays[name][rows] if width is None else self.arrays[name][rows, :width]
-        return torch.from_numpy(np.asarray(values)).to(device, non_blocking=True)
+        values = np.asarray(self.arrays[name][rows] if width is None else self.arrays[name][rows, :width])
+        if values.dtype == np.uint16:  # token ids stored in 2 bytes
+            values = values.astype(np.int32)
+        return torch.from_numpy(values).to(device, non_blocking=True)
 
     def outputs(self, batch: Batch) -> Outputs:
         """Teacher logits (full, or rebuilt from top-k) and features for the batch's samples and view; a token
@@ -232,7 +234,9 @@ class CacheBuilder:
                 raise DistilError(f"cache.topk: {self.cfg.topk} is not below the {classes} classes; lower it or "
                                   "set it to null to keep full logits.")
             k = self.cfg.topk
-            specs = {"topk_logp": ((*lead, k), dtype, {}), "topk_index": ((*lead, k), np.int32, {"classes": classes}),
+            index_dtype = np.uint16 if classes <= np.iinfo(np.uint16).max + 1 else np.int32  # 2 bytes a token id
+            specs = {"topk_logp": ((*lead, k), dtype, {}),
+                     "topk_index": ((*lead, k), index_dtype, {"classes": classes}),
                      "rest_mass": (lead, np.float32, {})}
         if positions is not None and getattr(self.dataset, "spans", None) is not None:
             specs["spans"] = ((rows, positions, 2), np.int32, {})
@@ -312,7 +316,8 @@ class CacheBuilder:
             values, index = logp.topk(layout.topk, dim=-1)
             rest = (1 - values.exp().sum(-1)).clamp_min(0)
             encoded = {"topk_logp": values.cpu().numpy().astype(dtype),
-                       "topk_index": index.cpu().numpy().astype(np.int32), "rest_mass": rest.cpu().numpy()}
+                       "topk_index": index.cpu().numpy().astype(layout.arrays["topk_index"]["dtype"]),
+                       "rest_mass": rest.cpu().numpy()}
         for tap, feature in out.features.items():
             encoded[_feature_file(tap)] = feature.float().cpu().numpy().astype(dtype)
         return encoded

@@ -42,8 +42,11 @@ def run(
     quiet = quiet or not is_main()  # under torchrun only rank 0 prints
     loaded = load_recipe(recipe, set_)
     result = run_recipe(loaded, runs_dir, resume=resume, overwrite=overwrite, quiet=quiet)
-    say(render_text(result.results), quiet)
-    say("\n".join(render_gains(gains(result.results))), quiet)
+    if loaded.lm is not None:  # a causal-LM run renders its own table
+        say(result.text, quiet)
+    else:
+        say(render_text(result.results), quiet)
+        say("\n".join(render_gains(gains(result.results))), quiet)
     say(f"report: {result.run_dir / 'report.md'}", quiet)
 
 

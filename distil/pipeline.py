@@ -280,6 +280,10 @@ def run_recipe(recipe: Recipe, runs_dir: Path | str = "runs", *, resume: bool = 
     A new run that fails before it saved anything (a bad dataset, a model that cannot fit) leaves no folder behind,
     so fixing the recipe and running it again needs no --overwrite.
     """
+    if recipe.lm is not None:  # causal language models: their own stages (text is an extra)
+        from distil.text.lm_run import run_lm
+
+        return run_lm(recipe, runs_dir, resume=resume, overwrite=overwrite, quiet=quiet)
     folder = Path(runs_dir) / recipe.name
     fresh = overwrite or not (folder.is_dir() and any(folder.iterdir()))
     try:

@@ -22,7 +22,7 @@ from pydantic import (
 
 from distil.errors import DistilError, nearest
 from distil.explain.config import ExplainConfig
-from distil.text.config import TextDataConfig, TextModelConfig, share_teacher_tokenizer
+from distil.text.config import LMConfig, TextDataConfig, TextModelConfig, share_teacher_tokenizer
 
 SEED_LIMIT = 2**32  # seeds are numpy's (32 bits)
 NAME_LIMIT = 100  # characters in a run name: a folder name, with room for the files under it
@@ -322,6 +322,7 @@ class Recipe(StrictModel):
     compress: CompressConfig | None = None
     export: ExportConfig | None = None
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    lm: LMConfig | None = Field(None, description="causal language-model distillation (distil.text.lm_run)")
 
     @field_validator("name")
     @classmethod

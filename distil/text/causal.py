@@ -165,9 +165,11 @@ def split_long_texts(tokenizer, texts: Sequence[str], max_tokens: int) -> list[s
     return out
 
 
-def pack_texts(tokenizer, texts: Sequence[str], max_tokens: int, separator: str = "\n") -> list[str]:
-    """Consecutive texts joined (by `separator`) into samples of at most about `max_tokens` tokens (packing)."""
-    counts = [len(ids) + 1 for ids in _tokens(tokenizer, texts)[0]]
+def pack_texts(tokenizers: Sequence, texts: Sequence[str], max_tokens: int, separator: str = "\n") -> list[str]:
+    """Consecutive texts joined (by `separator`) into samples of at most about `max_tokens` tokens with each of
+    `tokenizers` (packing)."""
+    counts = [max(len(ids) + 1 for ids in per_text) for per_text in
+              zip(*(_tokens(tokenizer, texts)[0] for tokenizer in tokenizers))]
     out, current, used = [], [], 0
     for text, n in zip(texts, counts):
         if current and used + n > max_tokens:

@@ -81,3 +81,41 @@ def share_teacher_tokenizer(recipe) -> None:
             recipe.student.text = TextModelConfig(source=folder)
         elif recipe.student.text.source is None:
             recipe.student.text.source = folder
+
+
+class LMModelConfig(BaseModel):
+    """A causal language model built from a small Hugging Face config, or loaded from a local folder."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    arch: Literal["gpt2", "llama"] = Field("gpt2", description="the Hugging Face architecture built from a config")
+    layers: int = Field(2, ge=1, description="transformer layers")
+    hidden: int = Field(64, ge=8, description="width")
+    heads: int = Field(2, ge=1, description="attention heads (the width must divide by them)")
+    folder: str | None = Field(None, description="a local Hugging Face causal LM folder instead (teacher: loaded, "
+                               "not trained)")
+
+
+class LMConfig(BaseModel):
+    """Causal language-model distillation (`distil run distil/recipes/lm.yaml`): the corpus comes from `data`, the
+    training loop from `train`, the losses from `distill.losses` (ce means lm_ce, kd means fkl), the cache from
+    `cache`."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    tokenizer: str = Field("bpe", description="the teacher's tokenizer: bpe (a byte-level BPE trained on the "
+                           "training split, saved in the run), hf:all-MiniLM-L6-v2, or a local folder")
+    student_tokenizer: str | None = Field(None, description="the student's (default: the teacher's); another one "
+                                          "needs a cross-tokenizer loss (uld, gold)")
+    bpe_vocab: int = Field(2000, ge=300, description="bpe: vocabulary size")
+    max_length: int = Field(64, ge=8, description="tokens per sample; longer lines are cut into pieces that fit")
+    packing: bool = Field(False, description="join consecutive lines into samples of up to max_length tokens")
+    prompt: str | None = Field(None, description="a prefix whose tokens are context only (not learned or scored); "
+                               "{label} is replaced by the sample's class name")
+    teacher: LMModelConfig = Field(default_factory=lambda: LMModelConfig(layers=4, hidden=128, heads=4))
+    student: LMModelConfig = Field(default_factory=lambda: LMModelConfig(layers=1, hidden=64, heads=2))
+    on_policy: float = Field(0.0, ge=0, le=1, description="GKD's lambda: the share of batches the student "
+                             "continues itself (after prompt_tokens tokens) and the teacher scores; needs no cache")
+    prompt_tokens: int = Field(4, ge=1, description="on_policy: tokens of each sample kept before the student "
+                               "continues it")
+    generate_tokens: int = Field(32, ge=1, description="evaluate: new tokens per prompt when timing generation")

@@ -146,10 +146,13 @@ def load_text_splits(cfg: DataConfig, raw: RawText) -> TextSplits:
                       tokenizer=str(cfg.text.tokenizer))
 
 
+RAW_READERS = {"rotten_tomatoes": rotten_tomatoes, "bbc_news": bbc_news, "text_csv": text_file,
+               "text_jsonl": text_file}  # the texts of each dataset, before tokenization and splitting
+
+
 def _register(name: str, reader) -> None:
     register_splits(name)(lambda cfg: load_text_splits(cfg, reader(cfg)))
 
 
-for _name, _reader in (("rotten_tomatoes", rotten_tomatoes), ("bbc_news", bbc_news), ("text_csv", text_file),
-                       ("text_jsonl", text_file)):
+for _name, _reader in RAW_READERS.items():
     _register(_name, _reader)

@@ -1,0 +1,102 @@
+"""`distil run` with an `lm:` section: causal-LM teacher -> student on Rotten Tomatoes lines, same tokenizer and
+across tokenizers (WordPiece of all-MiniLM-L6-v2 vs a byte-level BPE trained in the run), and its bad inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import yaml
+from cli_runner import run_cli
+
+from distil.errors import DistilError
+from distil.pipeline import run_recipe
+from distil.recipe import validate_recipe
+from distil.text.config import hf_folder
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = {
+    "name": "lm",
+    "data": {"name": "rotten_tomatoes", "limit": 150},
+    "lm": {"tokenizer": "bpe", "bpe_vocab": 300, "max_length": 24, "generate_tokens": 4,
+           "teacher": {"layers": 1, "hidden": 32, "heads": 2}, "student": {"layers": 1, "hidden": 16, "heads": 2}},
+    "teacher": {"epochs": 1, "lr": 3e-3},
+    "distill": {"losses": [{"name": "ce", "weight": 0.5}, {"name": "kd", "weight": 0.5, "temperature": 1}]},
+    "train": {"epochs": 1, "batch_size": 32, "lr": 3e-3},
+}
+
+
+def recipe(**sections):
+    """TINY with some sections replaced or merged (one level deep)."""
+    raw = json.loads(json.dumps(TINY))
+    for key, value in sections.items():
+        raw[key] = {**raw[key], **value} if isinstance(value, dict) and key in raw else value
+    return validate_recipe(raw)
+
+
+def test_the_cli_runs_an_lm_recipe_through_the_cache_and_resumes(tmp_path, capsys):
+    path = tmp_path / "lm.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "cache": {"topk": 8}}))
+    code, out, err = run_cli(["run", str(path), "--runs-dir", tmp_path / "runs"], capsys)
+    assert code == 0, err
+    assert "bits/char" in out and "student (alone)" in out
+    run = tmp_path / "runs" / "lm"
+    results = json.loads((run / "results.json").read_text())
+    for role in ("teacher", "student", "alone"):
+        m = results["models"][role]
+        assert math.isfinite(m["bits_per_char"]) and 0 < m["next_token_acc"] < 1 and m["tokens_per_s"] > 0
+    assert results["models"]["teacher"]["params"] > results["models"]["student"]["params"]
+    assert 0 <= results["models"]["student"]["agreement"] <= 1
+    per_token = 2 * 8 + 2 * 8 + 4 + 8  # fp16 log-probs, uint16 ids, the rest's mass, a character span (+ headers)
+    assert results["cache"]["topk"] == 8 and results["cache"]["bytes_per_token"] == pytest.approx(per_token, abs=1)
+    assert (run / "tokenizers" / "bpe-300" / "tokenizer.json").is_file()  # the BPE is saved in the run
+    assert "bits per character" in (run / "report.md").read_text()
+    stamp = (run / "models" / "student" / "model.safetensors").stat().st_mtime_ns
+    code, _, err = run_cli(["run", str(path), "--runs-dir", tmp_path / "runs", "--resume", "-q"], capsys)
+    assert code == 0, err
+    assert (run / "models" / "student" / "model.safetensors").stat().st_mtime_ns == stamp  # finished: skipped
+
+
+def test_a_student_with_another_tokenizer_learns_through_the_cache_with_uld_and_gold(tmp_path):
+    minilm = "hf:all-MiniLM-L6-v2"
+    for loss in ("uld", "gold"):
+        result = run_recipe(recipe(name=f"x-{loss}", lm={"student_tokenizer": minilm}, cache={"topk": 8},
+                                   distill={"losses": [{"name": "ce", "weight": 0.5}, {"name": loss}]}),
+                            tmp_path, quiet=True)
+        models = result.results["models"]
+        assert "WordPiece" in models["student"]["tokenizer"] or "30522" in models["student"]["tokenizer"]
+        assert "agreement" not in models["student"]  # top-1 tokens of two vocabularies are not compared
+        assert math.isfinite(models["student"]["bits_per_char"])
+    with pytest.raises(DistilError, match=r"tokenizer .*differ.*\['fkl'\].*use uld or gold"):
+        run_recipe(recipe(name="x-fkl", lm={"student_tokenizer": minilm}), tmp_path, quiet=True)
+    assert hf_folder(minilm)
+
+
+def test_on_policy_needs_the_live_teacher(tmp_path):
+    with pytest.raises(DistilError, match="lm.on_policy"):
+        run_recipe(recipe(lm={"on_policy": 0.5}, cache={"topk": 8}), tmp_path, quiet=True)
+    result = run_recipe(recipe(name="gkd", lm={"on_policy": 0.5, "prompt_tokens": 3}), tmp_path, quiet=True)
+    assert math.isfinite(result.results["models"]["student"]["bits_per_char"])
+
+
+def test_prompts_are_context_only_and_packing_joins_lines(tmp_path):
+    long = {"max_length": 200}  # no line is cut: both runs score the same characters
+    plain = run_recipe(recipe(name="plain", lm=long, distill={"baseline": False}), tmp_path, quiet=True).results
+    prompted = run_recipe(recipe(name="prompted", lm={**long, "prompt": "{label} review: "},
+                                 distill={"baseline": False}), tmp_path, quiet=True).results
+    assert plain["corpus"]["long_lines_cut"] == prompted["corpus"]["long_lines_cut"] == 0
+    assert prompted["models"]["student"]["scored_chars"] == plain["models"]["student"]["scored_chars"]
+    packed = run_recipe(recipe(name="packed", lm={**long, "packing": True}, distill={"baseline": False}),
+                        tmp_path, quiet=True).results
+    assert packed["corpus"]["train"] < plain["corpus"]["train"]
+
+
+def test_bad_tokenizer_folders_and_prompts_are_one_clear_error(tmp_path):
+    empty = tmp_path / "empty-tokenizer"
+    empty.mkdir()
+    with pytest.raises(DistilError, match=r"lm.student_tokenizer: no tokenizer could be loaded from .*empty-tokenizer"):
+        run_recipe(recipe(lm={"student_tokenizer": str(empty)}), tmp_path, quiet=True)
+    with pytest.raises(DistilError, match="lm.packing"):
+        run_recipe(recipe(name="b", lm={"packing": True, "prompt": "x: "}), tmp_path, quiet=True)
