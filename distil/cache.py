@@ -90,15 +90,19 @@ class TeacherCache:
         self.folder = Path(folder)
         self.layout = layout
         self.device = device
-        self.arrays = {name: np.load(self.folder / f"{name}.npy", mmap_mode="r") for name in layout.arrays}
+        # copy-on-write maps are writable, so torch reads them in place (no copy, no warning); nothing writes back
+        self.tables = {name: torch.from_numpy(np.load(self.folder / f"{name}.npy", mmap_mode="c"))
+                       for name in layout.arrays}
         self.feature_paths = {meta["tap"]: name for name, meta in layout.arrays.items() if "tap" in meta}
 
-    def _rows(self, batch: Batch) -> np.ndarray:
+    def _rows(self, batch: Batch) -> Tensor:
+        index = batch.index.cpu()
         view = batch.view % self.layout.views
-        return (batch.index.cpu().numpy().astype(np.int64) + view * self.layout.samples)
+        return index + view * self.layout.samples if view else index
 
-    def _gather(self, name: str, rows: np.ndarray, device: torch.device) -> Tensor:
-        return torch.from_numpy(np.asarray(self.arrays[name][rows])).to(device, non_blocking=True)
+    def _gather(self, name: str, rows: Tensor, device: torch.device) -> Tensor:
+        values = self.tables[name][rows]
+        return values if values.device == device else values.to(device, non_blocking=True)
 
     def outputs(self, batch: Batch) -> Outputs:
         """Teacher logits (full, or rebuilt from top-k) and features for the batch's samples and view."""
