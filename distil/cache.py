@@ -5,6 +5,11 @@ Layout of a cache folder: `manifest.json` plus one `.npy` file per array (`logit
 `view * samples + index` holds the teacher's output for augmented view `view` of sample `index`. Rows are
 written in blocks; each finished block's CRC32 goes into the manifest, so an interrupted build resumes at
 the first missing block and a corrupt block is found (and rebuilt) when the cache is opened.
+
+A token cache (a causal LM teacher, logits shaped (samples, positions, vocab)) has the same arrays with a
+position axis, plus `spans`: the character span of each of the teacher's tokens, so a student with another
+tokenizer can find which of its positions predict the same text (distil.text.align). The manifest records the
+teacher's tokenizer; a cache is never read with another tokenizer or k.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -47,8 +53,8 @@ def fingerprint(teacher: nn.Module, dataset: IndexedTensorDataset, settings: dic
     return digest.hexdigest()
 
 
-def _crc(array: np.ndarray, block: int) -> int:
-    rows = array[block * BLOCK_ROWS:(block + 1) * BLOCK_ROWS]
+def _crc(array: np.ndarray, block: int, block_rows: int) -> int:
+    rows = array[block * block_rows:(block + 1) * block_rows]
     return zlib.crc32(np.ascontiguousarray(rows).view(np.uint8).reshape(-1))
 
 
@@ -63,6 +69,9 @@ class CacheLayout:
     topk: int | None
     arrays: dict[str, dict]
     blocks: dict[str, int]
+    block_rows: int = BLOCK_ROWS
+    positions: int | None = None  # token caches: positions per sample
+    tokenizer: str | None = None  # token caches: the identity of the teacher's tokenizer
 
     @property
     def rows(self) -> int:
@@ -72,7 +81,13 @@ class CacheLayout:
     @property
     def num_blocks(self) -> int:
         """Blocks per array."""
-        return -(-self.rows // BLOCK_ROWS)
+        return -(-self.rows // self.block_rows)
+
+    @property
+    def classes(self) -> int:
+        """Size of the teacher's distribution (classes, or a language model's vocabulary)."""
+        meta = self.arrays["logits"] if self.topk is None else self.arrays["topk_index"]
+        return meta.get("classes", meta["shape"][-1])
 
     def to_json(self) -> str:
         """The manifest text."""
@@ -100,23 +115,35 @@ class TeacherCache:
         view = batch.view % self.layout.views
         return index + view * self.layout.samples if view else index
 
-    def _gather(self, name: str, rows: Tensor, device: torch.device) -> Tensor:
-        values = self.tables[name][rows]
+    def _gather(self, name: str, rows: Tensor | np.ndarray, device: torch.device, width: int | None = None) -> Tensor:
+        table = self.tables[name]
+        values = table[rows] if width is None else table[rows, :width]
         return values if values.device == device else values.to(device, non_blocking=True)
 
     def outputs(self, batch: Batch) -> Outputs:
-        """Teacher logits (full, or rebuilt from top-k) and features for the batch's samples and view."""
+        """Teacher logits (full, or rebuilt from top-k) and features for the batch's samples and view; a token
+        cache gives the batch's positions (its width)."""
         rows = self._rows(batch)
         device = batch.x.device
+        width = batch.y.shape[1] if self.layout.positions is not None else None
         if self.layout.topk is None:
-            logits = self._gather("logits", rows, device).float()
+            logits = self._gather("logits", rows, device, width).float()
         else:
-            logp = self._gather("topk_logp", rows, device).float()
-            index = self._gather("topk_index", rows, device).long()
-            rest = self._gather("rest_mass", rows, device).float()
-            logits = topk_to_logprobs(logp, index, rest, self.layout.arrays["topk_index"]["classes"])
+            logp, index, rest = self.topk(rows, device, width)
+            logits = topk_to_logprobs(logp, index, rest, self.layout.classes)
         features = {tap: self._gather(name, rows, device).float() for tap, name in self.feature_paths.items()}
         return Outputs(logits, features)
+
+    def topk(self, rows: Tensor | np.ndarray, device: torch.device,
+             width: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """The stored top-k log-probabilities, their indices and the rest's mass of these rows (top-k caches)."""
+        return (self._gather("topk_logp", rows, device, width).float(),
+                self._gather("topk_index", rows, device, width).long(),
+                self._gather("rest_mass", rows, device, width).float())
+
+    def spans(self, rows: Tensor | np.ndarray) -> Tensor:
+        """(rows, positions, 2) character spans [start, end) of the teacher's tokens (token caches)."""
+        return self.tables["spans"][rows].long()
 
 
 def topk_to_logprobs(logp: Tensor, index: Tensor, rest: Tensor, classes: int) -> Tensor:
@@ -162,25 +189,36 @@ def corrupt_blocks(folder: Path, layout: CacheLayout) -> list[tuple[str, int]]:
         if array is None:
             return [(name, b) for b in range(layout.num_blocks)]
         crcs = layout.arrays[name].get("crc", {})
-        bad += [(name, int(b)) for b, crc in crcs.items() if _crc(array, int(b)) != crc]
+        bad += [(name, int(b)) for b, crc in crcs.items() if _crc(array, int(b), layout.block_rows) != crc]
     return bad
 
 
 class CacheBuilder:
-    """Runs a teacher source over every (view, sample) of the training data and fills the cache, block by block."""
+    """Runs a teacher source over every (view, sample) of the training data and fills the cache, block by block.
+
+    `tokenizer` names a causal LM teacher's tokenizer (token caches): it goes into the manifest, and the
+    dataset's `spans` (character spans of its tokens) are stored beside the teacher's outputs.
+    """
 
     def __init__(self, folder: Path, source: TeacherSource, dataset: IndexedTensorDataset, cfg: CacheConfig, *,
                  views: int, fingerprint: str, device: torch.device,
-                 transform: Callable[[Batch], Batch] | None = None, quiet: bool = False) -> None:
+                 transform: Callable[[Batch], Batch] | None = None, quiet: bool = False,
+                 tokenizer: str | None = None) -> None:
         self.folder = Path(folder)
         self.source, self.dataset, self.cfg = source, dataset, cfg
         self.views, self.fingerprint, self.device = views, fingerprint, device
         self.transform = transform or (lambda b: b)
         self.quiet = quiet
+        self.tokenizer = tokenizer
 
     def _batch(self, view: int, rows: range) -> Batch:
         index = torch.arange(rows.start, rows.stop)
-        return self.transform(Batch(index, self.dataset.x[index], self.dataset.y[index], view).to(self.device))
+        if hasattr(self.dataset, "batch"):  # a dataset that pads its own batches (text)
+            batch = self.dataset.batch(index)
+            batch = Batch(batch.index, batch.x, batch.y, view)
+        else:
+            batch = Batch(index, self.dataset.x[index], self.dataset.y[index], view)
+        return self.transform(batch.to(self.device))
 
     def _outputs(self, view: int, rows: range) -> Outputs:
         return self.source.outputs(self._batch(view, rows))
@@ -190,15 +228,19 @@ class CacheBuilder:
         rows = len(self.dataset) * self.views
         dtype = NUMPY_DTYPE[self.cfg.dtype]
         classes = probe.logits.shape[-1]
+        positions = self.dataset.x.shape[1] if probe.logits.dim() == 3 else None
+        lead = (rows,) if positions is None else (rows, positions)
         if self.cfg.topk is None:
-            specs = {"logits": ((rows, classes), dtype, {})}
+            specs = {"logits": ((*lead, classes), dtype, {})}
         else:
             if self.cfg.topk >= classes:
                 raise DistilError(f"cache.topk: {self.cfg.topk} is not below the {classes} classes; lower it or "
                                   "set it to null to keep full logits.")
             k = self.cfg.topk
-            specs = {"topk_logp": ((rows, k), dtype, {}), "topk_index": ((rows, k), np.int32, {"classes": classes}),
-                     "rest_mass": ((rows,), np.float32, {})}
+            specs = {"topk_logp": ((*lead, k), dtype, {}), "topk_index": ((*lead, k), np.int32, {"classes": classes}),
+                     "rest_mass": (lead, np.float32, {})}
+        if positions is not None and getattr(self.dataset, "spans", None) is not None:
+            specs["spans"] = ((rows, positions, 2), np.int32, {})
         for tap, feature in probe.features.items():
             specs[_feature_file(tap)] = ((rows, *feature.shape[1:]), dtype, {"tap": tap})
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -206,10 +248,16 @@ class CacheBuilder:
         for name, (shape, np_dtype, extra) in specs.items():
             np.lib.format.open_memmap(self.folder / f"{name}.npy", mode="w+", dtype=np_dtype, shape=shape).flush()
             arrays[name] = {"shape": list(shape), "dtype": np.dtype(np_dtype).name, "crc": {}, **extra}
+        block_rows = BLOCK_ROWS if positions is None else max(1, BLOCK_ROWS // positions)
         layout = CacheLayout(self.fingerprint, len(self.dataset), self.views, self.cfg.dtype, self.cfg.topk,
-                             arrays, {})
+                             arrays, {}, block_rows=block_rows, positions=positions, tokenizer=self.tokenizer)
         atomic_write_text(self.folder / "manifest.json", layout.to_json())
         return layout
+
+    def _stale(self, layout: CacheLayout | None) -> bool:
+        return layout is None or layout.fingerprint != self.fingerprint or layout.views != self.views \
+            or layout.dtype != self.cfg.dtype or layout.topk != self.cfg.topk or layout.tokenizer != self.tokenizer \
+            or any(_mapped(self.folder / f"{name}.npy", meta) is None for name, meta in layout.arrays.items())
 
     def build(self) -> CacheLayout:
         """Fill every missing or corrupt block (all of them for a new or stale cache) and return the layout.
@@ -218,9 +266,7 @@ class CacheBuilder:
         """
         layout = read_layout(self.folder)
         distributed.barrier()  # every rank has read the old manifest before rank 0 replaces it
-        if layout is None or layout.fingerprint != self.fingerprint or layout.views != self.views \
-                or layout.dtype != self.cfg.dtype or layout.topk != self.cfg.topk \
-                or any(_mapped(self.folder / f"{name}.npy", meta) is None for name, meta in layout.arrays.items()):
+        if self._stale(layout):
             if distributed.is_main():
                 self._allocate()
             distributed.barrier()
@@ -244,7 +290,7 @@ class CacheBuilder:
         return layout
 
     def _fill_block(self, layout: CacheLayout, arrays: dict[str, np.memmap], block: int) -> None:
-        start, stop = block * BLOCK_ROWS, min((block + 1) * BLOCK_ROWS, layout.rows)
+        start, stop = block * layout.block_rows, min((block + 1) * layout.block_rows, layout.rows)
         row = start
         while row < stop:
             view, first = divmod(row, layout.samples)
@@ -252,17 +298,22 @@ class CacheBuilder:
             out = self._outputs(view, range(first, last))
             for name, values in self._encode(out, layout).items():
                 arrays[name][row:row + last - first] = values
+            if "spans" in arrays:
+                arrays["spans"][row:row + last - first] = self.dataset.spans[first:last].numpy()
             row += last - first
         for name, array in arrays.items():
             array.flush()
-            layout.arrays[name]["crc"][str(block)] = _crc(array, block)
+            layout.arrays[name]["crc"][str(block)] = _crc(array, block, layout.block_rows)
 
     def _encode(self, out: Outputs, layout: CacheLayout) -> dict[str, np.ndarray]:
         dtype = NUMPY_DTYPE[layout.dtype]
+        logits = out.logits.float()
+        if layout.positions is not None:  # a batch is as wide as its longest sample; the cache holds every position
+            logits = F.pad(logits, (0, 0, 0, layout.positions - logits.shape[1]))
         if layout.topk is None:
-            encoded = {"logits": out.logits.float().cpu().numpy().astype(dtype)}
+            encoded = {"logits": logits.cpu().numpy().astype(dtype)}
         else:
-            logp = torch.log_softmax(out.logits.float(), dim=-1)
+            logp = torch.log_softmax(logits, dim=-1)
             values, index = logp.topk(layout.topk, dim=-1)
             rest = (1 - values.exp().sum(-1)).clamp_min(0)
             encoded = {"topk_logp": values.cpu().numpy().astype(dtype),
@@ -272,13 +323,25 @@ class CacheBuilder:
         return encoded
 
 
-def open_cache(folder: Path, expected_fingerprint: str | None = None, verify: bool = True) -> TeacherCache:
-    """Open a finished cache; a missing, stale, incomplete or corrupt one is a DistilError saying how to rebuild."""
+def open_cache(folder: Path, expected_fingerprint: str | None = None, verify: bool = True, *,
+               tokenizer: str | None = None, topk: int | None | bool = False) -> TeacherCache:
+    """Open a finished cache; a missing, stale, incomplete or corrupt one is a DistilError saying how to rebuild.
+
+    `tokenizer` (token caches) and `topk` (None: full logits; False: not checked) are what the reader expects;
+    a cache built with another tokenizer or k is refused by name before the fingerprint is compared."""
     folder = Path(folder)
     layout = read_layout(folder)
     rebuild = f"rebuild it with `distil cache RECIPE` or delete {folder}"
     if layout is None:
         raise DistilError(f"{folder} holds no teacher cache (no readable manifest.json); {rebuild}.")
+    if tokenizer is not None and layout.tokenizer != tokenizer:
+        raise DistilError(f"the teacher cache in {folder} was built with the tokenizer {layout.tokenizer}, but this "
+                          f"teacher's tokenizer is {tokenizer}; {rebuild}, or point cache.path elsewhere.")
+    if topk is not False and layout.topk != topk:
+        def kept(k: int | None) -> str:
+            return "full logits" if k is None else f"the top {k}"
+        raise DistilError(f"the teacher cache in {folder} keeps {kept(layout.topk)} per position but cache.topk asks "
+                          f"for {kept(topk)}; {rebuild}, or set cache.topk: {layout.topk}.")
     if expected_fingerprint is not None and layout.fingerprint != expected_fingerprint:
         raise DistilError(f"the teacher cache in {folder} was built from another teacher, data or settings "
                           f"(fingerprint mismatch); {rebuild}.")

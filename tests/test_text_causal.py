@@ -21,6 +21,7 @@ from distil.text.causal import (
     lm_dataset,
     next_token_targets,
     perplexity,
+    reconcile_vocab,
     train_lm,
 )
 from distil.text.tokenize import IGNORE
@@ -112,9 +113,9 @@ def test_topk_cache_keeps_the_teachers_top_tokens_and_is_reused(teacher, tmp_pat
     top = live.topk(4, dim=-1)
     assert torch.allclose(cached.gather(-1, top.indices), top.values, atol=2e-3)  # fp16 storage
     assert torch.allclose(cached.exp().sum(-1), torch.ones(cached.shape[:-1]), atol=1e-3)
-    stamp = (tmp_path / "cache" / "manifest.json").stat().st_mtime_ns
+    stamp = (tmp_path / "cache" / "topk_logp.npy").stat().st_mtime_ns  # the arrays are not written again
     build_token_cache(teacher, data, tmp_path / "cache", topk=4)
-    assert (tmp_path / "cache" / "manifest.json").stat().st_mtime_ns == stamp
+    assert (tmp_path / "cache" / "topk_logp.npy").stat().st_mtime_ns == stamp
     with pytest.raises(DistilError, match="live teacher"):
         distill_lm(teacher, gpt(1, 1), data, topk=4, cache_dir=tmp_path / "cache", on_policy=0.5)
 
@@ -133,13 +134,22 @@ def test_on_policy_batches_are_the_students_continuations(teacher):
     assert torch.isfinite(student(Batch(torch.arange(1), data.inputs(torch.arange(1)), None).x)).all()
 
 
-def test_a_tokenizer_mismatch_is_refused(teacher):
+def test_a_tokenizer_mismatch_is_refused_naming_both_and_the_way_out(teacher):
     other = word_tokenizer(WORDS[:-1] + ["zebra"], bert_style=False)
-    with pytest.raises(DistilError, match="tokenizers differ"):
+    with pytest.raises(DistilError, match=r"tokenizers differ \(teacher: .*41 tokens.*student: .*uld / gold"):
         distill_lm(teacher, gpt(1, 0, other), lm_dataset(TOKENIZER, corpus(4, 0), 24))
-    bigger = word_tokenizer(WORDS + ["zebra"], bert_style=False)
-    with pytest.raises(DistilError, match="vocabulary has"):
-        distill_lm(teacher, gpt(1, 0, bigger), lm_dataset(TOKENIZER, corpus(4, 0), 24))
+    with pytest.raises(DistilError, match="no tokenizer says which rows are padding"):
+        reconcile_vocab(CausalLM(teacher.hf), CausalLM(gpt(1, 0, word_tokenizer(WORDS + ["zebra"])).hf))
     plain = CausalLM(gpt(1, 0).hf)  # no tokenizer to compare: the vocabulary sizes still must agree
     assert isinstance(plain(TensorDict(input_ids=torch.ones(1, 3, dtype=torch.long),
                                        attention_mask=torch.ones(1, 3, dtype=torch.long))), torch.Tensor)
+
+
+def test_padding_rows_of_one_tokenizer_are_trimmed(teacher):
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=len(TOKENIZER) + 23, n_positions=32, n_embd=32, n_layer=1, n_head=2)
+    padded = CausalLM(transformers.GPT2LMHeadModel(config), TOKENIZER)  # like Qwen2.5's 152064 vs 151936 rows
+    data = lm_dataset(TOKENIZER, corpus(16, 3), 24)
+    student = distill_lm(teacher, padded, data, epochs=1, batch_size=8, device="cpu")
+    assert student.vocab_size == teacher.vocab_size == len(TOKENIZER)
+    assert student(data.batch(torch.arange(2)).x).shape[-1] == len(TOKENIZER)

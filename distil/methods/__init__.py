@@ -9,7 +9,7 @@ from distil.methods import contrastive, feature, logits, relation, sequence, tre
 from distil.methods.base import REGISTRY, Method, Outputs, method_class, parse_params, register
 from distil.methods.logits import CE, KD, MSELogits
 from distil.methods.objective import Objective, build_objective
-from distil.text import causal, layers  # noqa: F401  (registers the text losses)
+from distil.text import layers, lm_losses  # noqa: F401  (registers the text losses)
 
 __all__ = [
     "CE", "KD", "MSELogits", "Method", "Objective", "Outputs", "REGISTRY",

@@ -9,62 +9,53 @@ student continue the prompts itself and learns the teacher's distribution on its
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distil.batch import Batch, TensorDict
-from distil.cache import topk_to_logprobs
-from distil.checkpoint import atomic_write_text
+from distil.cache import CacheBuilder, TeacherCache, fingerprint, open_cache
 from distil.engine import Fit, resolve_device, seed_everything
 from distil.errors import DistilError
-from distil.methods.base import Method, Outputs, method_class, register
+from distil.methods.base import Method, method_class
 from distil.methods.objective import Objective
-from distil.recipe import TrainConfig
+from distil.recipe import CacheConfig, TrainConfig
 from distil.teachers import LiveTeacher, TeacherSource
-from distil.text.tokenize import IGNORE, TextDataset, load_tokenizer, pad_ids, transformers_module
+from distil.text.lm_losses import LMCE
+from distil.text.tokenize import IGNORE, TextDataset, load_tokenizer, pad_ids, tokenizer_identity, transformers_module
 
-
-@register("lm_ce")
-class LMCE(Method):
-    """Next-token cross-entropy over the real (target != -100) positions: a language model's label loss."""
-
-    paper = "-"
-    needs_teacher = False
-
-    def forward(self, student: Outputs, teacher: Outputs | None, target: Tensor) -> Tensor:
-        logits = student.logits.float()
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE)
+CROSS_TOKENIZER_LOSSES = ("uld", "gold")
 
 
 class CausalLM(nn.Module):
-    """A Hugging Face causal LM behind `model(x)` -> (B, T, vocab) logits; keeps its tokenizer for checks."""
+    """A Hugging Face causal LM behind `model(x)` -> (B, T, vocab) logits; keeps its tokenizer for checks.
+
+    `vocab_limit` cuts the output to the tokenizer's tokens when the embedding matrix has padding rows beyond them
+    (set by `reconcile_vocab`)."""
 
     def __init__(self, model: nn.Module, tokenizer=None) -> None:
         super().__init__()
         self.hf = model
         self.tokenizer = tokenizer
+        self.vocab_limit: int | None = None
 
     @property
     def vocab_size(self) -> int:
-        """Rows of the output layer: the size of the distribution at each position."""
-        return self.hf.get_output_embeddings().weight.shape[0]
+        """Size of the distribution at each position: output rows, or `vocab_limit` when set."""
+        return self.vocab_limit or self.hf.get_output_embeddings().weight.shape[0]
 
     def forward(self, x: Tensor | dict) -> Tensor:
         """Next-token logits at every position."""
         if isinstance(x, dict):
-            return self.hf(input_ids=x["input_ids"], attention_mask=x["attention_mask"]).logits
-        return self.hf(input_ids=x.long()).logits
+            logits = self.hf(input_ids=x["input_ids"], attention_mask=x["attention_mask"]).logits
+        else:
+            logits = self.hf(input_ids=x.long()).logits
+        return logits if self.vocab_limit is None else logits[..., :self.vocab_limit]
 
 
 def load_causal_lm(folder: str | Path) -> CausalLM:
@@ -80,25 +71,30 @@ def load_causal_lm(folder: str | Path) -> CausalLM:
     return CausalLM(model, tokenizer)
 
 
-def check_same_tokenizer(teacher: CausalLM, student: CausalLM) -> None:
-    """Refuse a pair whose vocabularies differ: token-level losses compare distributions over the same tokens."""
-    if teacher.vocab_size != student.vocab_size:
-        raise DistilError(f"the teacher's vocabulary has {teacher.vocab_size} tokens and the student's "
-                          f"{student.vocab_size}; token-level distillation needs a student with the teacher's "
-                          "tokenizer (build it from the teacher's folder).")
+def same_tokenizer(teacher: CausalLM, student: CausalLM) -> bool:
+    """Whether both models read the same tokens (same vocabulary and special tokens; unknown counts as same)."""
     if teacher.tokenizer is None or student.tokenizer is None:
+        return True
+    return tokenizer_identity(teacher.tokenizer) == tokenizer_identity(student.tokenizer)
+
+
+def reconcile_vocab(teacher: CausalLM, student: CausalLM) -> None:
+    """Make two models with one tokenizer compare distributions over the same tokens: output layers padded beyond
+    the tokenizer (e.g. 152064 vs 151936 rows) are cut to the tokenizer's size; any other difference is refused,
+    naming both tokenizers and the way out."""
+    if not same_tokenizer(teacher, student):
+        t, s = tokenizer_identity(teacher.tokenizer), tokenizer_identity(student.tokenizer)
+        raise DistilError(f"the teacher and student tokenizers differ (teacher: {t}; student: {s}); token-level "
+                          "losses need one tokenizer: give the student the teacher's tokenizer, or use a "
+                          f"cross-tokenizer loss ({' / '.join(CROSS_TOKENIZER_LOSSES)}) in distill.losses.")
+    if teacher.vocab_size == student.vocab_size:
         return
-    t_vocab, s_vocab = teacher.tokenizer.get_vocab(), student.tokenizer.get_vocab()
-    if t_vocab != s_vocab:
-        diff = sorted(set(t_vocab.items()) ^ set(s_vocab.items()))[:3]
-        raise DistilError(f"the teacher and student tokenizers differ (e.g. {diff}); token-level distillation needs "
-                          "one tokenizer: give the student the teacher's tokenizer.")
-    special = ("bos_token_id", "eos_token_id", "pad_token_id")
-    t_special = [getattr(teacher.tokenizer, k) for k in special]
-    s_special = [getattr(student.tokenizer, k) for k in special]
-    if t_special != s_special:
-        raise DistilError(f"the teacher's special tokens {dict(zip(special, t_special))} differ from the student's "
-                          f"{dict(zip(special, s_special))}; give the student the teacher's tokenizer.")
+    size = len(teacher.tokenizer) if teacher.tokenizer is not None else None
+    if size is None or min(teacher.vocab_size, student.vocab_size) < size:
+        raise DistilError(f"the teacher's vocabulary has {teacher.vocab_size} tokens and the student's "
+                          f"{student.vocab_size}, and no tokenizer says which rows are padding; give both models "
+                          "their tokenizer (build the student from the teacher's folder).")
+    teacher.vocab_limit = student.vocab_limit = size  # rows beyond the tokenizer are never a real token
 
 
 def next_token_targets(ids: Tensor, lengths: Tensor, prompt_lengths: Tensor | None = None) -> Tensor:
@@ -112,18 +108,76 @@ def next_token_targets(ids: Tensor, lengths: Tensor, prompt_lengths: Tensor | No
     return targets.masked_fill(~keep, IGNORE)
 
 
+def start_token(tokenizer) -> int | None:
+    """The token that starts a text (bos, else cls, else eos), so that the first real token is predicted too."""
+    for name in ("bos_token_id", "cls_token_id", "eos_token_id"):
+        if getattr(tokenizer, name, None) is not None:
+            return getattr(tokenizer, name)
+    return None
+
+
+def _tokens(tokenizer, texts: Sequence[str]) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+    out = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+    return out["input_ids"], [[tuple(o) for o in offsets] for offsets in out["offset_mapping"]]
+
+
 def lm_dataset(tokenizer, texts: Sequence[str], max_length: int, prompts: Sequence[str] | None = None,
-               bucket: bool = True) -> TextDataset:
-    """One sample per text (after its prompt, whose tokens are context only), truncated to `max_length` tokens."""
-    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if prompts is not None else None
-    if prompt_ids is not None and len(prompt_ids) != len(ids):
-        raise DistilError(f"lm_dataset: {len(prompt_ids)} prompts for {len(ids)} texts; give one prompt per text.")
-    sequences = [((prompt_ids[i] if prompt_ids else []) + t)[:max_length] for i, t in enumerate(ids)]
+               bucket: bool = True, bos: bool = False) -> TextDataset:
+    """One sample per text (after its prompt, whose tokens are context only), truncated to `max_length` tokens.
+
+    The dataset keeps each token's character span in prompt + text (`spans`, -1 at padding) for cross-tokenizer
+    alignment; `bos` starts each sample with the tokenizer's start token so the first word is predicted too."""
+    if prompts is not None and len(prompts) != len(texts):
+        raise DistilError(f"lm_dataset: {len(prompts)} prompts for {len(texts)} texts; give one prompt per text.")
+    prompts = list(prompts) if prompts is not None else [""] * len(texts)
+    ids, offsets = _tokens(tokenizer, texts)
+    p_ids, p_offsets = _tokens(tokenizer, prompts)
+    first = start_token(tokenizer) if bos else None
+    head = ([first], [(0, 0)]) if first is not None else ([], [])
+    sequences, spans, prompt_lengths = [], [], []
+    for i, prompt in enumerate(prompts):
+        shift = len(prompt)
+        seq = head[0] + p_ids[i] + ids[i]
+        span = head[1] + p_offsets[i] + [(a + shift, b + shift) for a, b in offsets[i]]
+        sequences.append(seq[:max_length])
+        spans.append(span[:max_length])
+        prompt_lengths.append(len(head[0]) + len(p_ids[i]))
     padded, lengths = pad_ids(sequences, tokenizer.pad_token_id)
-    prompt_lengths = torch.tensor([len(p) for p in prompt_ids]) if prompt_ids else None
-    return TextDataset(padded, next_token_targets(padded, lengths, prompt_lengths), lengths,
-                       tokenizer.pad_token_id, bucket)
+    span_tensor = torch.full((*padded.shape, 2), -1, dtype=torch.int32)
+    for i, span in enumerate(spans):
+        if span:
+            span_tensor[i, :len(span)] = torch.tensor(span, dtype=torch.int32)
+    prompt_len = torch.tensor(prompt_lengths) if any(prompt_lengths) else None
+    return TextDataset(padded, next_token_targets(padded, lengths, prompt_len), lengths, tokenizer.pad_token_id,
+                       bucket, spans=span_tensor)
+
+
+def split_long_texts(tokenizer, texts: Sequence[str], max_tokens: int) -> list[str]:
+    """Texts of more than `max_tokens` tokens cut at token boundaries into pieces that fit (no text is lost)."""
+    _, offsets = _tokens(tokenizer, texts)
+    out = []
+    for text, spans in zip(texts, offsets):
+        if len(spans) <= max_tokens:
+            out.append(text)
+            continue
+        cuts = [spans[i][0] for i in range(0, len(spans), max_tokens)] + [len(text)]
+        out += [text[a:b].strip() for a, b in zip(cuts, cuts[1:]) if text[a:b].strip()]
+    return out
+
+
+def pack_texts(tokenizer, texts: Sequence[str], max_tokens: int, separator: str = "\n") -> list[str]:
+    """Consecutive texts joined (by `separator`) into samples of at most about `max_tokens` tokens (packing)."""
+    counts = [len(ids) + 1 for ids in _tokens(tokenizer, texts)[0]]
+    out, current, used = [], [], 0
+    for text, n in zip(texts, counts):
+        if current and used + n > max_tokens:
+            out.append(separator.join(current))
+            current, used = [], 0
+        current.append(text)
+        used += n
+    if current:
+        out.append(separator.join(current))
+    return out
 
 
 def lm_blocks(tokenizer, text: str, block_size: int) -> TextDataset:
@@ -155,88 +209,28 @@ def perplexity(model: nn.Module, dataset: TextDataset, device: str | torch.devic
     return math.exp(total / max(1, count))
 
 
-@dataclass
-class CacheInfo:
-    """What a token cache holds: samples, positions per sample, k and the vocabulary size."""
-
-    fingerprint: str
-    samples: int
-    length: int
-    topk: int
-    vocab: int
-
-
-class TokenCache:
-    """Top-k teacher log-probabilities of every token of a dataset, memory-mapped from a folder (a TeacherSource)."""
-
-    def __init__(self, folder: Path, info: CacheInfo) -> None:
-        self.folder, self.info = Path(folder), info
-        self.arrays = {n: np.load(self.folder / f"{n}.npy", mmap_mode="r") for n in ("topk_logp", "topk_index",
-                                                                                     "rest_mass")}
-
-    def outputs(self, batch: Batch) -> Outputs:
-        """Full log-probabilities rebuilt from the top-k (the rest spread evenly) for the batch's samples."""
-        rows = batch.index.cpu().numpy()
-        width = batch.y.shape[1]
-        device = batch.y.device
-
-        def take(name: str) -> Tensor:
-            return torch.from_numpy(np.asarray(self.arrays[name][rows, :width])).to(device)
-
-        logp = topk_to_logprobs(take("topk_logp").float(), take("topk_index").long(), take("rest_mass").float(),
-                                self.info.vocab)
-        return Outputs(logp)
-
-
-def _fingerprint(teacher: nn.Module, dataset: TextDataset, topk: int) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in teacher.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    for tensor in (dataset.x, dataset.y, dataset.lengths):
-        digest.update(tensor.contiguous().numpy().tobytes())
-    digest.update(str(topk).encode())
-    return digest.hexdigest()
+def token_cache_settings(teacher: CausalLM, cfg: CacheConfig) -> dict:
+    """What shapes a token cache besides the teacher's weights and the data: its tokenizer, k and storage."""
+    return {"kind": "tokens", "tokenizer": tokenizer_identity(teacher.tokenizer) if teacher.tokenizer else None,
+            "topk": cfg.topk, "dtype": cfg.dtype, "vocab": teacher.vocab_size}
 
 
 @torch.no_grad()
-def build_token_cache(teacher: CausalLM, dataset: TextDataset, folder: str | Path, topk: int, *,
-                      device: str | torch.device = "cpu", batch_size: int = 32) -> TokenCache:
-    """Run the teacher once over `dataset` and keep the top-k log-probabilities per token; reused when unchanged."""
-    folder, device = Path(folder), torch.device(device)
-    vocab = teacher.vocab_size
-    if not 1 <= topk < vocab:
-        raise DistilError(f"topk: {topk} must be between 1 and the vocabulary size {vocab} minus one.")
-    stamp = _fingerprint(teacher, dataset, topk)
-    manifest = folder / "manifest.json"
-    if manifest.is_file():
-        info = CacheInfo(**json.loads(manifest.read_text(encoding="utf-8")))
-        if info.fingerprint == stamp:
-            return TokenCache(folder, info)
-    n, length = dataset.x.shape
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    logp_a = np.lib.format.open_memmap(tmp / "topk_logp.npy", mode="w+", dtype=np.float16, shape=(n, length, topk))
-    index_a = np.lib.format.open_memmap(tmp / "topk_index.npy", mode="w+", dtype=np.int32, shape=(n, length, topk))
-    rest_a = np.lib.format.open_memmap(tmp / "rest_mass.npy", mode="w+", dtype=np.float32, shape=(n, length))
-    teacher = teacher.to(device).eval()
-    for start in range(0, n, batch_size):
-        index = torch.arange(start, min(start + batch_size, n))
-        x = TensorDict(input_ids=dataset.x[index], attention_mask=(torch.arange(length)[None, :]
-                                                                    < dataset.lengths[index][:, None]).long())
-        logp = torch.log_softmax(teacher(x.to(device)).float(), dim=-1)
-        values, top = logp.topk(topk, dim=-1)
-        logp_a[start:start + len(index)] = values.cpu().numpy().astype(np.float16)
-        index_a[start:start + len(index)] = top.cpu().numpy().astype(np.int32)
-        rest_a[start:start + len(index)] = (1 - values.exp().sum(-1)).clamp_min(0).cpu().numpy()
-    for array in (logp_a, index_a, rest_a):
-        array.flush()
-    info = CacheInfo(stamp, n, length, topk, vocab)
-    atomic_write_text(tmp / "manifest.json", json.dumps(info.__dict__))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)  # the finished cache appears whole, or not at all
-    return TokenCache(folder, info)
+def build_token_cache(teacher: CausalLM, dataset: TextDataset, folder: str | Path, topk: int | None, *,
+                      device: str | torch.device = "cpu", batch_size: int = 32, dtype: str = "fp16",
+                      quiet: bool = True) -> TeacherCache:
+    """Run the teacher once over `dataset` into distil's teacher cache (distil.cache): the top-k log-probabilities
+    per token, the rest's mass and the character spans of the tokens; reused (or resumed) when unchanged."""
+    if topk is not None and not 1 <= topk < teacher.vocab_size:
+        raise DistilError(f"cache.topk: {topk} must be between 1 and the vocabulary size {teacher.vocab_size} "
+                          "minus one (or null for full logits).")
+    cfg = CacheConfig(topk=topk, dtype=dtype, batch_size=batch_size)
+    tokenizer = tokenizer_identity(teacher.tokenizer) if teacher.tokenizer is not None else None
+    stamp = fingerprint(teacher, dataset, token_cache_settings(teacher, cfg))
+    run_device = torch.device(device)
+    CacheBuilder(Path(folder), LiveTeacher(teacher.to(run_device)), dataset, cfg, views=1, fingerprint=stamp,
+                 device=run_device, quiet=quiet, tokenizer=tokenizer).build()
+    return open_cache(Path(folder), stamp, verify=False, tokenizer=tokenizer, topk=topk)
 
 
 @dataclass
@@ -303,7 +297,7 @@ def distill_lm(teacher: CausalLM, student: CausalLM, train: TextDataset, *, loss
     `topk` with `cache_dir` runs the teacher once and trains from its top-k log-probabilities; `on_policy` > 0
     trains that fraction of batches on the student's own continuations (needs the live teacher).
     """
-    check_same_tokenizer(teacher, student)
+    reconcile_vocab(teacher, student)
     run_device = resolve_device(device)
     if topk is not None and on_policy:
         raise DistilError("on_policy: the student's own samples need the live teacher; drop topk or on_policy.")

@@ -3,6 +3,8 @@ sample (dynamic padding) and, when shuffling, groups samples of similar length (
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -48,6 +50,15 @@ def load_tokenizer(folder: str | Path, field: str = "data.text.tokenizer"):
     return tokenizer
 
 
+def tokenizer_identity(tokenizer) -> str:
+    """A tokenizer's name, size and a hash of its vocabulary and special tokens: equal only for the same tokens."""
+    vocab = sorted(tokenizer.get_vocab().items())
+    special = sorted((str(k), str(v)) for k, v in tokenizer.special_tokens_map.items())
+    digest = hashlib.sha256(json.dumps([vocab, special]).encode()).hexdigest()[:12]
+    name = Path(str(tokenizer.name_or_path)).name or type(tokenizer).__name__
+    return f"{name} ({len(tokenizer)} tokens, sha256 {digest})"
+
+
 def encode(tokenizer, texts: Sequence[str], max_length: int) -> tuple[Tensor, Tensor]:
     """Token ids right-padded to the longest text (at most `max_length`), and each text's length in tokens."""
     ids = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)["input_ids"]
@@ -70,11 +81,13 @@ class TextDataset(IndexedTensorDataset):
     `y` is one label per sample (classification) or one target per token (language modelling, cut like the ids).
     """
 
-    def __init__(self, x: Tensor, y: Tensor, lengths: Tensor, pad_id: int, bucket: bool = True) -> None:
+    def __init__(self, x: Tensor, y: Tensor, lengths: Tensor, pad_id: int, bucket: bool = True,
+                 spans: Tensor | None = None) -> None:
         super().__init__(x, y)
         self.lengths = lengths
         self.pad_id = int(pad_id)
         self.bucket = bucket
+        self.spans = spans  # (N, T, 2) character span [start, end) of each token in its text, when known
 
     def inputs(self, index: Tensor) -> TensorDict:
         """Ids and attention mask of the samples `index`, padded to the longest of them."""
