@@ -106,7 +106,7 @@ class TeacherCache:
         self.layout = layout
         self.device = device
         # copy-on-write maps are writable, so torch reads them in place (no copy, no warning); nothing writes back
-        self.tables = {name: torch.from_numpy(np.load(self.folder / f"{name}.npy", mmap_mode="c"))
+        self.arrays = {name: torch.from_numpy(np.load(self.folder / f"{name}.npy", mmap_mode="c"))
                        for name in layout.arrays}
         self.feature_paths = {meta["tap"]: name for name, meta in layout.arrays.items() if "tap" in meta}
 
@@ -116,7 +116,7 @@ class TeacherCache:
         return index + view * self.layout.samples if view else index
 
     def _gather(self, name: str, rows: Tensor | np.ndarray, device: torch.device, width: int | None = None) -> Tensor:
-        table = self.tables[name]
+        table = self.arrays[name]
         values = table[rows] if width is None else table[rows, :width]
         return values if values.device == device else values.to(device, non_blocking=True)
 
@@ -143,7 +143,7 @@ class TeacherCache:
 
     def spans(self, rows: Tensor | np.ndarray) -> Tensor:
         """(rows, positions, 2) character spans [start, end) of the teacher's tokens (token caches)."""
-        return self.tables["spans"][rows].long()
+        return self.arrays["spans"][rows].long()
 
 
 def topk_to_logprobs(logp: Tensor, index: Tensor, rest: Tensor, classes: int) -> Tensor:
