@@ -105,18 +105,22 @@ class TeacherCache:
         self.folder = Path(folder)
         self.layout = layout
         self.device = device
-        self.arrays = {name: np.load(self.folder / f"{name}.npy", mmap_mode="r") for name in layout.arrays}
+        # copy-on-write maps are writable, so torch reads them in place (no copy, no warning); nothing writes back
+        self.arrays = {name: torch.from_numpy(np.load(self.folder / f"{name}.npy", mmap_mode="c"))
+                       for name in layout.arrays}
         self.feature_paths = {meta["tap"]: name for name, meta in layout.arrays.items() if "tap" in meta}
 
-    def _rows(self, batch: Batch) -> np.ndarray:
+    def _rows(self, batch: Batch) -> Tensor:
+        index = batch.index.cpu()
         view = batch.view % self.layout.views
-        return (batch.index.cpu().numpy().astype(np.int64) + view * self.layout.samples)
+        return index + view * self.layout.samples if view else index
 
-    def _gather(self, name: str, rows: np.ndarray, device: torch.device, width: int | None = None) -> Tensor:
-        values = np.asarray(self.arrays[name][rows] if width is None else self.arrays[name][rows, :width])
-        if values.dtype == np.uint16:  # token ids stored in 2 bytes
-            values = values.astype(np.int32)
-        return torch.from_numpy(values).to(device, non_blocking=True)
+    def _gather(self, name: str, rows: Tensor | np.ndarray, device: torch.device, width: int | None = None) -> Tensor:
+        table = self.arrays[name]
+        values = table[rows] if width is None else table[rows, :width]
+        if values.dtype == torch.uint16:  # token ids stored in 2 bytes
+            values = values.to(torch.int32)
+        return values if values.device == device else values.to(device, non_blocking=True)
 
     def outputs(self, batch: Batch) -> Outputs:
         """Teacher logits (full, or rebuilt from top-k) and features for the batch's samples and view; a token
@@ -132,15 +136,16 @@ class TeacherCache:
         features = {tap: self._gather(name, rows, device).float() for tap, name in self.feature_paths.items()}
         return Outputs(logits, features)
 
-    def topk(self, rows: np.ndarray, device: torch.device, width: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def topk(self, rows: Tensor | np.ndarray, device: torch.device,
+             width: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """The stored top-k log-probabilities, their indices and the rest's mass of these rows (top-k caches)."""
         return (self._gather("topk_logp", rows, device, width).float(),
                 self._gather("topk_index", rows, device, width).long(),
                 self._gather("rest_mass", rows, device, width).float())
 
-    def spans(self, rows: np.ndarray) -> Tensor:
+    def spans(self, rows: Tensor | np.ndarray) -> Tensor:
         """(rows, positions, 2) character spans [start, end) of the teacher's tokens (token caches)."""
-        return torch.from_numpy(np.asarray(self.arrays["spans"][rows])).long()
+        return self.arrays["spans"][rows].long()
 
 
 def topk_to_logprobs(logp: Tensor, index: Tensor, rest: Tensor, classes: int) -> Tensor:

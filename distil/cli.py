@@ -1,4 +1,4 @@
-"""The `distil` command: run, methods, models, eval, report, export, serve."""
+"""The `distil` command: run, init, show-config, methods, models, eval, report, export, serve."""
 
 from __future__ import annotations
 
@@ -8,10 +8,25 @@ from typing import Annotated, Optional
 
 import typer
 
+from distil import __version__
 from distil.errors import DistilError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distill a large teacher into a small, fast student and compare them side by side.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"distil {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    """Distill a large teacher into a small, fast student and compare them side by side."""
 
 
 TRUST_HELP = ("DANGEROUS: rebuild a model file that names a python: factory by importing and running that code; "
@@ -37,16 +52,11 @@ def run(
     from distil.distributed import is_main
     from distil.pipeline import run_recipe
     from distil.recipe import load_recipe
-    from distil.report import gains, render_gains, render_text
 
     quiet = quiet or not is_main()  # under torchrun only rank 0 prints
     loaded = load_recipe(recipe, set_)
     result = run_recipe(loaded, runs_dir, resume=resume, overwrite=overwrite, quiet=quiet)
-    if loaded.lm is not None:  # a causal-LM run renders its own table
-        say(result.text, quiet)
-    else:
-        say(render_text(result.results), quiet)
-        say("\n".join(render_gains(gains(result.results))), quiet)
+    say(result.text if loaded.lm is not None else summary(result.results), quiet)  # an LM run has its own table
     say(f"report: {result.run_dir / 'report.md'}", quiet)
 
 
@@ -108,19 +118,80 @@ def methods() -> None:
         typer.echo(f"{'':<12} paper: {row['paper']}")
 
 
-@app.command()
-def models() -> None:
-    """List the model zoo (plus python:pkg.mod:factory and checkpoint:path)."""
-    from distil.models import available_models
+def parse_shape(text: str) -> tuple[int, ...]:
+    """`1,28,28` as (1, 28, 28), or a DistilError naming --input-shape."""
+    try:
+        shape = tuple(int(side) for side in text.replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise DistilError(f"--input-shape: '{text}' is not a shape; give positive sizes without the batch axis, "
+                          "e.g. 1,28,28 or 40.")
+    return shape
 
-    typer.echo("\n".join(available_models()))
-    typer.echo("python:package.module:factory   a user model factory(input_shape=..., num_classes=...)")
-    typer.echo("checkpoint:path/to/model.pt     a model saved by distil")
+
+@app.command()
+def models(
+    input_shape: Annotated[str, typer.Option(help="one sample's shape, no batch axis: C,H,W (images), C,L or L")]
+    = "3,32,32",
+    classes: Annotated[int, typer.Option(help="number of classes the model predicts")] = 10,
+) -> None:
+    """List the model zoo with each model's parameters for an input shape and its recipe options."""
+    from distil.models import zoo_rows
     from distil.text.models import TEXT_BUILDERS
 
-    typer.echo("hf:path/to/local/hf/folder      text: a local Hugging Face sequence classifier (teacher or student)")
+    shape = parse_shape(input_shape)
+    if classes < 1:
+        raise DistilError(f"--classes: {classes} is not a class count; give 2 or more, e.g. --classes 10.")
+    rows = zoo_rows(shape, classes)
+    typer.echo(f"{'model':<16} {'parameters':>11}  {'options':<17} inputs {shape}, {classes} classes")
+    for row in rows:
+        size = f"{row.parameters:,}" if row.parameters is not None else "-"
+        options = ", ".join(row.options) or "-"
+        typer.echo(f"{row.name:<16} {size:>11}  {options:<17} {row.description}")
+    if any(row.problem for row in rows):
+        typer.echo(f"-: the model cannot take inputs shaped {shape} (image models need C,H,W).")
+    typer.echo("wrn_<depth>_<width> and soft_tree_<depth> name other sizes, e.g. wrn_28_4, soft_tree_6.")
+    typer.echo("python:package.module:factory    a user model factory(input_shape=..., num_classes=...)")
+    typer.echo("checkpoint:path/to/model.pt      a model saved by distil")
+    typer.echo("hf:path/to/local/hf/folder       text: a local Hugging Face sequence classifier (teacher or student)")
     for name, (_, line) in TEXT_BUILDERS.items():
-        typer.echo(f"{name:<31} text: {line}")
+        typer.echo(f"{name:<32} text: {line}")
+
+
+@app.command()
+def init(
+    dataset: Annotated[str, typer.Argument(help="the dataset the recipe trains on (see data.name)")] = "digits",
+    out: Annotated[Optional[Path], typer.Option(help="the recipe file to write (default: <dataset>.yaml)")] = None,
+    data_path: Annotated[Optional[str], typer.Option(help="data.path: the file of csv / npz / text_csv / text_jsonl")]
+    = None,
+    force: Annotated[bool, typer.Option(help="replace the file if it exists")] = False,
+) -> None:
+    """Write a commented starter recipe with every section for a dataset; `distil run` takes it as written."""
+    from distil.data import load_dataset
+    from distil.starter import starter_recipe, write_starter
+
+    recipe = starter_recipe(dataset, data_path)
+    splits = load_dataset(recipe.data, seed=recipe.seed)  # a missing file or tokenizer fails here, not at `run`
+    dest = out or Path(f"{dataset}.yaml")
+    header = (f"A starter recipe for {dataset}: {len(splits.train)} training samples shaped "
+              f"{tuple(splits.input_shape)}, {splits.num_classes} classes.\n"
+              f"Run it with `distil run {dest}`; change a field here or with --set KEY=VALUE.\n"
+              "Every field is written out with its default; sections marked off are commented out: remove the\n"
+              "leading '# ' of a section's lines to turn it on. `distil show-config` prints what a run will use.")
+    write_starter(recipe, header, dest, force)
+    typer.echo(f"wrote {dest}; run it with `distil run {dest}`")
+
+
+@app.command("show-config")
+def show_config(
+    recipe: Annotated[Optional[Path], typer.Argument(help="recipe YAML (default: the built-in digits recipe)")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="override a field, e.g. train.epochs=30")] = [],  # noqa: B006
+) -> None:
+    """Print the resolved recipe (every default filled in, --set applied) that `distil run` would use."""
+    from distil.recipe import dump_recipe, load_recipe
+
+    typer.echo(dump_recipe(load_recipe(recipe, set_)), nl=False)
 
 
 @app.command("eval")
@@ -159,13 +230,20 @@ def evaluate(
 
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. runs/digits-kd")]) -> None:
-    """Re-render report.md of a finished run from its results.json and print the table."""
-    from distil.report import load_results, render_text, write_report
+    """Re-render report.md of a finished run from its results.json; print the table and gains as `distil run` does."""
+    from distil.report import load_results, write_report
 
     results = load_results(run_dir)
     path = write_report(run_dir, results)
-    typer.echo(render_text(results))
-    typer.echo(f"report: {path}")
+    say(summary(results))
+    say(f"report: {path}")
+
+
+def summary(results: dict) -> str:
+    """The table and the gain lines `distil run` and `distil report` print."""
+    from distil.report import gains, render_gains, render_text
+
+    return "\n".join([render_text(results), *render_gains(gains(results))])
 
 
 @app.command()

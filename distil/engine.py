@@ -262,16 +262,14 @@ class Fit:
             if self.log is not None:
                 self.log.restore(self.stage, history)
 
-        # None lets tqdm hide itself when stderr is not a terminal; --quiet and CI hide it always
-        hide = True if self.quiet or os.environ.get("CI") or not distributed.is_main() else None
-        bar = tqdm(range(start_epoch, epochs), desc=self.stage, disable=hide,
-                   initial=start_epoch, total=epochs, leave=True, unit="epoch")
+        bar = self._progress_bar(start_epoch, epochs)
         stopped_early = False
         forward = distributed.wrap(model, device)  # DDP under torchrun: gradients averaged over ranks
         forward = torch.compile(forward) if cfg.compile else forward  # same parameters; the compiled graph runs steps
-        for epoch in bar:
+        for epoch in range(start_epoch, epochs):
+            bar.set_description(f"{self.stage} {epoch + 1}/{epochs}")
             with self._hooks():  # the student's taps are hooked while it trains, not while it is validated
-                record = self._train_epoch(epoch, model, forward, objective, optimizer, scheduler)
+                record = self._train_epoch(epoch, model, forward, objective, optimizer, scheduler, bar)
             if has_val:
                 record.update(self._validate(model))
             history.append(record)
@@ -289,6 +287,7 @@ class Fit:
             if stop_cfg.patience and bad_epochs >= stop_cfg.patience:
                 stopped_early = True
                 break
+        bar.close()
         if best_state is not None:
             model.load_state_dict(best_state)
         for method in objective.leaves():
@@ -296,6 +295,16 @@ class Fit:
                 method.detach()
         model.eval()
         return FitResult(model, history, stopped_early, self._lr, self._lr_find, self._balance)
+
+    def _progress_bar(self, start_epoch: int, epochs: int) -> tqdm:
+        """The stage's bar, in samples over all its epochs, advanced every step (samples/s and ETA from tqdm).
+
+        None lets tqdm hide itself when stderr is not a terminal; --quiet, CI and ranks other than 0 hide it always.
+        """
+        hide = True if self.quiet or os.environ.get("CI") or not distributed.is_main() else None
+        per_epoch = len(self.train)
+        return tqdm(desc=self.stage, total=per_epoch * epochs, initial=per_epoch * start_epoch, disable=hide,
+                    leave=True, unit="sample", unit_scale=True, dynamic_ncols=True)
 
     def _calibrate(self, model: nn.Module, objective: Objective) -> None:
         """Before training: the weights of `weight: auto` terms, then the lr when it is `auto` (a range test on the
@@ -379,12 +388,14 @@ class Fit:
         return float(distributed.broadcast_object(self._lr_find.lr))
 
     def _train_epoch(self, epoch: int, model: nn.Module, forward: nn.Module, objective: Objective, optimizer,
-                     scheduler) -> dict:
+                     scheduler, bar: tqdm) -> dict:
+        """One pass over the training data; the record of its sums (one host sync per `train.log_every` steps)."""
         cfg, device = self.cfg, self.device
         model.train()
         objective.train()
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+        autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" \
+            else nullcontext()
         start = time.perf_counter()
         steps = num_batches(self.train, cfg.batch_size)
         ledger = StepLedger(epoch * steps, device)
@@ -392,18 +403,21 @@ class Fit:
         batches = iterate(self.train, cfg.batch_size, shuffle=True, generator=generator,
                           num_workers=cfg.num_workers, pin_memory=device.type == "cuda", shard=distributed.shard())
         listeners = [m for m in objective.modules() if callable(getattr(m, "set_progress", None))]
+        teacher = self.teacher if objective.needs_teacher else None
+        world = distributed.world_size()  # the bar counts every rank's samples
         for step, batch in enumerate(batches):
             for listener in listeners:
                 listener.set_progress((epoch * steps + step) / max(1, (self.epochs or cfg.epochs) * steps))
             batch = self.prepare_batch(batch, epoch)
             if self.batch_transform is not None:
                 batch = self.batch_transform(batch, model)
-            teacher_out = self.teacher.outputs(batch) if self.objective.needs_teacher else None
+            teacher_out = teacher.outputs(batch) if teacher is not None else None
             with autocast:
                 student_out = self._student_outputs(forward, batch)
                 loss, terms = objective(student_out, teacher_out, batch.y)
             (loss / cfg.accumulate if cfg.accumulate > 1 else loss).backward()
             value = loss.detach()
+            bar.update(batch.y.shape[0] * world)
             if (step + 1) % cfg.accumulate == 0 or step + 1 == steps:
                 bad = self._optimizer_step(optimizer, objective, value)
                 self._bad_steps += bad

@@ -239,6 +239,8 @@ class TrackConfig(StrictModel):
 
     tensorboard: bool = Field(False, description="TensorBoard event files in <run>/tensorboard/")
     mlflow: bool = Field(False, description="an MLflow run in the local store <run>/mlflow.db")
+    wandb: bool = Field(False, description="a Weights & Biases run in <run>/wandb/, offline unless WANDB_MODE=online "
+                        "(upload later with `wandb sync`)")
 
 
 class EvalConfig(StrictModel):

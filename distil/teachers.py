@@ -40,6 +40,7 @@ class LiveTeacher:
 
     def __init__(self, model: nn.Module, taps: Iterable[str] = ()) -> None:
         self.model = freeze(model)
+        self._modules = list(model.modules())
         self.taps: Taps | None = None
         self.tap(taps)
 
@@ -51,7 +52,8 @@ class LiveTeacher:
 
     def outputs(self, batch: Batch) -> Outputs:
         """Run the teacher; the result is cloned out of inference mode so losses may save it for backward."""
-        self.model.eval()  # a caller may have toggled train(); the teacher's BatchNorm/dropout stay frozen
+        if any(m.training for m in self._modules):  # a caller may have toggled train() on any part of the teacher:
+            self.model.eval()                       # its BatchNorm/dropout stay frozen (reading flags costs less)
         with torch.inference_mode(), self.taps if self.taps is not None else nullcontext():
             out = as_outputs(self.model(batch.x))
         features = {**out.features, **self.taps.pop()} if self.taps is not None else out.features

@@ -1,15 +1,20 @@
-"""Opt-in experiment trackers fed by the run log: TensorBoard event files and MLflow (a local SQLite store).
+"""Opt-in experiment trackers fed by the run log: TensorBoard event files, MLflow (a local SQLite store) and
+Weights & Biases (offline by default).
 
-`metrics.jsonl` is always written; a recipe's `track: {tensorboard: true, mlflow: true}` also sends every
-record to these. Epoch records become scalars `<stage>/<metric>` at step = epoch; evaluation records become
+`metrics.jsonl` is always written; a recipe's `track: {tensorboard: true, mlflow: true, wandb: true}` also sends
+every record to these. Epoch records become scalars `<stage>/<metric>` at step = epoch; evaluation records become
 `evaluate/<model>/<metric>`. MLflow 3 refuses its old file store by default, so runs go to
 `runs/<name>/mlflow.db` (open it with `mlflow ui --backend-store-uri sqlite:///runs/<name>/mlflow.db`).
+W&B writes its run to `runs/<name>/wandb/` without a network unless WANDB_MODE=online is set (the charter: no
+network at run time); `wandb sync runs/<name>/wandb/offline-run-*` uploads it later.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import secrets
 import time
 from pathlib import Path
 from typing import Protocol
@@ -101,6 +106,35 @@ class MLflowTracker:
         self.client.set_terminated(self.run_id)
 
 
+class WandbTracker:
+    """Logs the flattened recipe as config and every record as metrics to a W&B run in `<run>/wandb/`; a resumed
+    run folder continues the same W&B run (its id is kept in `<run>/wandb_run_id`)."""
+
+    def __init__(self, run_dir: Path, name: str, config: dict[str, str]) -> None:
+        import wandb
+
+        from distil.checkpoint import atomic_write_text
+
+        id_file = Path(run_dir) / "wandb_run_id"
+        run_id = id_file.read_text(encoding="utf-8").strip() if id_file.is_file() else secrets.token_hex(4)
+        atomic_write_text(id_file, run_id)
+        folder = Path(run_dir) / "wandb"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(project="distil", name=name, id=run_id, resume="allow", dir=str(folder),
+                              config=config, mode=os.environ.get("WANDB_MODE", "offline"),
+                              settings=wandb.Settings(silent=True, console="off", x_disable_stats=True))
+
+    def log(self, record: dict) -> None:
+        """One metric per numeric field; the stage's epoch (or 0 for an evaluation) rides along as `<prefix>/epoch`."""
+        prefix, step, values = scalars(record)
+        if values:
+            self.run.log({f"{prefix}/{name}": value for name, value in values.items()} | {f"{prefix}/epoch": step})
+
+    def close(self) -> None:
+        """Finish the W&B run (an offline one is complete on disk)."""
+        self.run.finish()
+
+
 def flatten(tree: object, prefix: str = "") -> dict[str, str]:
     """{"train.lr": "0.01", "distill.losses.1.temperature": "4.0", ...} of a nested mapping."""
     if isinstance(tree, dict):
@@ -122,4 +156,6 @@ def open_trackers(cfg: TrackConfig, run_dir: Path, name: str, recipe: dict) -> l
         trackers.append(TensorBoardTracker(Path(run_dir) / "tensorboard"))
     if cfg.mlflow:
         trackers.append(MLflowTracker(Path(run_dir), name, flatten(recipe)))
+    if cfg.wandb:
+        trackers.append(WandbTracker(Path(run_dir), name, flatten(recipe)))
     return trackers

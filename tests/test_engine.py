@@ -82,3 +82,53 @@ def test_ece_and_metrics_on_known_answers():
     assert m["top1"] == 0.75 and m["agreement"] == 0.0
     assert m["recall"] == pytest.approx((1.0 + 0.5) / 2) and m["precision"] == pytest.approx((2 / 3 + 1) / 2)
     assert "top5" not in m
+
+
+
+class RecordingBar:
+    """Stands in for tqdm: keeps its arguments and every call the engine makes."""
+
+    made: list = []
+
+    def __init__(self, **kwargs):
+        self.kwargs, self.updates, self.descriptions, self.closed = kwargs, [], [], False
+        RecordingBar.made.append(self)
+
+    def update(self, n):
+        self.updates.append(n)
+
+    def set_description(self, text):
+        self.descriptions.append(text)
+
+    def set_postfix(self, values):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+def fit_with_bar(monkeypatch, cfg: TrainConfig, quiet: bool) -> RecordingBar:
+    import distil.engine
+
+    RecordingBar.made = []
+    monkeypatch.setattr(distil.engine, "tqdm", RecordingBar)
+    Fit(stage="t", model=nn.Linear(4, 2), objective=Objective([CE()]), train=toy_data(), val=None, cfg=cfg,
+        device=torch.device("cpu"), quiet=quiet).run()
+    (bar,) = RecordingBar.made
+    return bar
+
+
+def test_progress_bar_advances_every_step_in_samples(monkeypatch):
+    # 128 samples in batches of 48: three steps an epoch (48, 48, 32), each one an update of the stage's bar.
+    monkeypatch.delenv("CI", raising=False)
+    bar = fit_with_bar(monkeypatch, TrainConfig(epochs=2, batch_size=48, lr=0.01), quiet=False)
+    assert bar.kwargs["total"] == 2 * 128 and bar.kwargs["unit"] == "sample" and bar.kwargs["disable"] is None
+    assert bar.updates == [48, 48, 32, 48, 48, 32]
+    assert bar.descriptions == ["t 1/2", "t 2/2"] and bar.closed
+
+
+def test_progress_bar_is_hidden_under_quiet_and_ci(monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    assert fit_with_bar(monkeypatch, TrainConfig(epochs=1, lr=0.01), quiet=True).kwargs["disable"] is True
+    monkeypatch.setenv("CI", "true")
+    assert fit_with_bar(monkeypatch, TrainConfig(epochs=1, lr=0.01), quiet=False).kwargs["disable"] is True

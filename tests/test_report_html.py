@@ -1,4 +1,4 @@
-"""report.html (self-contained, rendered in headless Chromium) and the opt-in trackers (TensorBoard, MLflow)."""
+"""report.html (self-contained, rendered in headless Chromium) and the opt-in trackers (TensorBoard, MLflow, W&B)."""
 
 import base64
 import io
@@ -24,11 +24,15 @@ PROBE = """<script>window.addEventListener("load", () => {
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    """One tiny run with both trackers on."""
+    """One tiny run with every tracker on (W&B offline, its files kept under the test's folder)."""
     folder = tmp_path_factory.mktemp("html")
     recipe = folder / "tiny.yaml"
-    recipe.write_text(TINY_RECIPE + "track: {tensorboard: true, mlflow: true}\n")
-    return run_recipe(load_recipe(recipe), folder / "runs", quiet=True).run_dir
+    recipe.write_text(TINY_RECIPE + "track: {tensorboard: true, mlflow: true, wandb: true}\n")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("WANDB_MODE", "offline")
+        for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+            env.setenv(name, str(folder / "wandb-home"))
+        return run_recipe(load_recipe(recipe), folder / "runs", quiet=True).run_dir
 
 
 def embedded_images(page: str) -> list[bytes]:
@@ -95,3 +99,12 @@ def test_tensorboard_and_mlflow_receive_every_epoch(run_dir):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "teach/val_acc")] == [1, 2]
     assert run.data.metrics["evaluate/student/top1"] == pytest.approx(
         json.loads((run_dir / "results.json").read_text())["models"]["student"]["top1"])
+
+
+def test_wandb_offline_run_holds_every_stage_and_the_evaluation(run_dir):
+    # The offline run is a protobuf log: the metric names of each stage and of the evaluation are in it as text.
+    run_id = (run_dir / "wandb_run_id").read_text().strip()
+    (log,) = (run_dir / "wandb" / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
+    data = log.read_bytes()
+    for key in (b"teach/val_acc", b"distill/loss", b"alone/train_acc", b"evaluate/student/top1", b"train.lr"):
+        assert key in data, key

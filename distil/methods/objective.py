@@ -79,7 +79,7 @@ class Objective(nn.Module):
         """Return the weighted total and each unweighted term (detached), keyed by term name.
 
         The teacher's tensors are detached first: no term can send gradients into the teacher."""
-        if teacher is not None:
+        if teacher is not None and (teacher.logits.requires_grad or teacher.features):
             teacher = Outputs(teacher.logits.detach(), {k: v.detach() for k, v in teacher.features.items()},
                               teacher.index)
         total, terms = None, {}

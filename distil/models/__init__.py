@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
 from distil.errors import DistilError, nearest
@@ -12,7 +14,7 @@ from distil.recipe import ModelConfig
 from distil.text.config import HF_PREFIX
 from distil.text.models import TEXT_BUILDERS, build_hf
 
-__all__ = ["available_models", "build_model", "describe_models"]
+__all__ = ["available_models", "build_model", "describe_models", "zoo_rows"]
 
 
 def available_models() -> list[str]:
@@ -23,6 +25,31 @@ def available_models() -> list[str]:
 def describe_models() -> dict[str, str]:
     """Each zoo name with a one-line description, sorted by name, for `distil models`."""
     return {name: ZOO[name].description for name in available_models()}
+
+
+@dataclass(frozen=True)
+class ZooRow:
+    """One line of `distil models`: a zoo model, its size for the asked input shape (or why it cannot take it)."""
+
+    name: str
+    parameters: int | None
+    options: tuple[str, ...]
+    description: str
+    problem: str = ""
+
+
+def zoo_rows(input_shape: tuple[int, ...], num_classes: int) -> list[ZooRow]:
+    """Every zoo model (and `soft_tree`) built with its default options for `input_shape` and `num_classes`."""
+    rows = []
+    for name in [*available_models(), "soft_tree"]:
+        entry = lookup(name)
+        try:
+            model = build_model(ModelConfig(name=name), input_shape, num_classes)
+        except DistilError as exc:
+            rows.append(ZooRow(name, None, entry.options, entry.description, str(exc)))
+            continue
+        rows.append(ZooRow(name, sum(p.numel() for p in model.parameters()), entry.options, entry.description))
+    return rows
 
 
 def _check_shape(name: str, input_shape: tuple[int, ...], num_classes: int) -> None:

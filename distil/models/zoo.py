@@ -31,6 +31,7 @@ class ZooEntry:
 
     build: Builder
     description: str
+    options: tuple[str, ...] = ("dropout",)  # the ModelConfig fields (recipe keys beside `name`) the builder reads
 
 
 def _resnet(depth: int, widths: tuple[int, int, int, int]) -> ZooEntry:
@@ -47,8 +48,8 @@ def _wrn(depth: int, widen: int) -> ZooEntry:
 NARROW, WIDE = (16, 16, 32, 64), (32, 64, 128, 256)
 
 ZOO: dict[str, ZooEntry] = {
-    "mlp": ZooEntry(build_mlp, "multilayer perceptron on flattened inputs; `hidden` sizes, `dropout`"),
-    "cnn": ZooEntry(build_cnn, "small plain conv net for (L,), (C, L) or (C, H, W) inputs; `channels`, `dropout`"),
+    "mlp": ZooEntry(build_mlp, "multilayer perceptron on flattened inputs", ("hidden", "dropout")),
+    "cnn": ZooEntry(build_cnn, "small plain conv net for (L,), (C, L) or (C, H, W) inputs", ("channels", "dropout")),
     **{f"resnet{depth}": _resnet(depth, NARROW) for depth in (8, 14, 20, 32, 44, 56, 110)},
     "resnet8x4": _resnet(8, WIDE),
     "resnet32x4": _resnet(32, WIDE),
@@ -66,7 +67,8 @@ def lookup(name: str) -> ZooEntry | None:
     soft_tree = SOFT_TREE_NAME.fullmatch(name)
     if entry is None and soft_tree is not None:
         depth = int(soft_tree[1] or DEFAULT_DEPTH)
-        return ZooEntry(partial(build_soft_tree, depth=depth), f"soft decision tree of depth {depth} (Frosst & Hinton)")
+        return ZooEntry(partial(build_soft_tree, depth=depth), f"soft decision tree of depth {depth} (Frosst & Hinton)",
+                        ())
     match = WRN_NAME.fullmatch(name)
     if entry is None and match is not None:
         depth, widen = int(match[1]), int(match[2])

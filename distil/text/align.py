@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -95,13 +94,13 @@ class AlignedTeacher:
 def cached_alignment(student: TextDataset, cache: TeacherCache) -> AlignedTeacher:
     """Read the teacher's top-k from its token cache at the student's positions; the teacher never runs."""
     def logprobs(index: Tensor, at: Tensor, device: torch.device) -> Tensor:
-        logp, ids, rest = cache.topk(index.numpy().astype(np.int64), torch.device("cpu"))
+        logp, ids, rest = cache.topk(index, torch.device("cpu"))
         pick = at[..., None].expand(-1, -1, logp.shape[-1])
         logp, ids = logp.gather(1, pick), ids.gather(1, pick)
         rest = rest.gather(1, at)
         return topk_to_logprobs(logp, ids, rest, cache.layout.classes).to(device)
 
-    return AlignedTeacher(student, lambda index: cache.spans(index.numpy().astype(np.int64)), logprobs)
+    return AlignedTeacher(student, lambda index: cache.spans(index), logprobs)
 
 
 def live_alignment(student: TextDataset, teacher: nn.Module, teacher_data: TextDataset) -> AlignedTeacher:
