@@ -10,6 +10,7 @@ import numpy as np
 from distil.checkpoint import atomic_write_text
 from distil.data import load_dataset
 from distil.recipe import DataConfig, LossTerm, ModelConfig, Recipe
+from distil.report_table import render_markdown_table
 
 SHIP_ROLES = ("student", "pruned", "int8", "onnx")
 
@@ -104,7 +105,6 @@ def render_shipping(results: dict) -> list[str]:
 
 def render_card(recipe: Recipe, results: dict) -> str:
     """The whole MODEL_CARD.md."""
-    from distil.report import render_markdown_table  # late import: report renders this module's section
 
     models, export = results["models"], results.get("export")
     shipped = "onnx" if export else "pruned" if "pruned" in models else "student"

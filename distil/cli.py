@@ -10,6 +10,7 @@ import typer
 
 from distil import __version__
 from distil.errors import DistilError
+from distil.extras import require
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distill a large teacher into a small, fast student and compare them side by side.")
@@ -138,7 +139,7 @@ def models(
 ) -> None:
     """List the model zoo with each model's parameters for an input shape and its recipe options."""
     from distil.models import zoo_rows
-    from distil.text.models import TEXT_BUILDERS
+    from distil.models.registry import registered_lines
 
     shape = parse_shape(input_shape)
     if classes < 1:
@@ -154,9 +155,8 @@ def models(
     typer.echo("wrn_<depth>_<width> and soft_tree_<depth> name other sizes, e.g. wrn_28_4, soft_tree_6.")
     typer.echo("python:package.module:factory    a user model factory(input_shape=..., num_classes=...)")
     typer.echo("checkpoint:path/to/model.pt      a model saved by distil")
-    typer.echo("hf:path/to/local/hf/folder       text: a local Hugging Face sequence classifier (teacher or student)")
-    for name, (_, line) in TEXT_BUILDERS.items():
-        typer.echo(f"{name:<32} text: {line}")
+    for shown, line in registered_lines():  # text's models register themselves (distil.plugins)
+        typer.echo(f"{shown:<32} text: {line}")
 
 
 @app.command()
@@ -291,7 +291,9 @@ def serve(
     backend: Annotated[str, typer.Option(help="auto, onnx or torch")] = "auto",
 ) -> None:
     """Serve a model over HTTP: POST /predict, GET /metadata, GET /health (defaults from the run's serve section)."""
-    from distil.serve import serve as run_server
+    for module in ("fastapi", "uvicorn"):
+        require(module, "serve", "distil serve")
+    from distil.serve import serve as run_server  # optional: fastapi, uvicorn (distil[serve])
 
     run_server(target, backend=backend, host=host, port=port, max_batch=max_batch, max_body_bytes=max_body_bytes)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import types
 import typing
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -396,15 +397,23 @@ def validate_recipe(raw: Any, source: str = "recipe") -> Recipe:
             listed = f"; valid fields here: {', '.join(valid)}" if valid else ""
             raise DistilError(f"{source}: unknown field '{field}'{hint}{listed}.") from None
         raise DistilError(f"{source}: field '{field}': {err['msg']}.") from None
-    from distil.methods import validate_terms  # late import: the registry imports torch
-
-    validate_terms(recipe.distill.losses, field="distill.losses")
-    if recipe.compress is not None and recipe.compress.prune is not None:
-        validate_terms(recipe.compress.prune.losses, field="compress.prune.losses")
-    from distil.strategies.checks import check_recipe  # late import, like the registry
-
-    check_recipe(recipe)
+    for check in _CHECKS:
+        check(recipe)
     return recipe
+
+
+_CHECKS: list[Callable[[Recipe], None]] = []
+
+
+def add_check(check: Callable[[Recipe], None]) -> Callable[[Recipe], None]:
+    """Register a check every validated recipe passes through (raising DistilError on a bad field).
+
+    The schema knows no loss or strategy: the layers above check their own names and combinations (the loss
+    registry, the strategies) by registering here when they are imported, which `import distil` does.
+    """
+    if check not in _CHECKS:
+        _CHECKS.append(check)
+    return check
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

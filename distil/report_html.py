@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from distil.checkpoint import atomic_write_text, write_atomically
-from distil.report import COLUMNS, render_gains, table_rows
+from distil.extras import available
+from distil.report_table import COLUMNS, render_gains, table_rows
 from distil.runlog import MetricsLog
 
 COLORS = {"teacher": "#4c72b0", "student": "#dd8452", "alone": "#8c8c8c"}
@@ -163,9 +164,11 @@ def plot_confusion(target: np.ndarray, predicted: np.ndarray, class_names: list[
 def render_html(results: dict, records: list[dict], predictions: dict[str, np.ndarray] | None,
                 lr_find: str | None = None) -> str:
     """The whole page as a string (`lr_find`: the range tests' plot as base64 PNG, when the run has one)."""
-    import matplotlib
+    plots = available("matplotlib")
+    if plots:
+        import matplotlib
 
-    matplotlib.use("Agg")
+        matplotlib.use("Agg")
     esc = html.escape
     head = "".join(f"<th>{esc(c)}</th>" for c in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in table_rows(results))
@@ -178,6 +181,11 @@ def render_html(results: dict, records: list[dict], predictions: dict[str, np.nd
         f"<code>{esc(str(results['device']))}</code>.</p>",
         f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>",
         f"<ul>{gains}</ul>" if gains else "",
+    ]
+    if not plots:
+        parts += ["<p>The plots need matplotlib: <code>pip install 'distil[report]'</code>.</p>", "</body></html>\n"]
+        return "\n".join(parts)
+    parts += [
         "<h2>Teacher, distilled student, student alone</h2>", _img(plot_bars(results), "accuracy bars"),
         "<h2>Accuracy against size and latency</h2>", _img(plot_tradeoff(results), "accuracy vs size and latency"),
     ]

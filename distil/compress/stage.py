@@ -20,7 +20,7 @@ from distil.compress import prune as pr
 from distil.compress import quantize as q
 from distil.compress.files import load_any, save_compressed
 from distil.data import load_dataset
-from distil.engine import Fit, predict, seed_everything, targets_of
+from distil.engine import predict, targets_of
 from distil.errors import DistilError
 from distil.methods import build_objective
 from distil.metrics import classification_metrics
@@ -29,7 +29,7 @@ from distil.recipe import DataConfig, ExportConfig, ModelConfig, load_recipe
 from distil.teachers import LiveTeacher
 
 if TYPE_CHECKING:
-    from distil.pipeline import Run
+    from distil.context import RunContext
 
 CPU = torch.device("cpu")
 FILES = {"pruned": "student-pruned.pt", "int8": "student-int8.pt", "onnx": "student.onnx"}
@@ -47,7 +47,7 @@ def sha256_of(path: Path) -> str:
 class Ship:
     """Compress and export the distilled student of `run`, then add their rows and sections to its results."""
 
-    def __init__(self, run: Run, teacher: nn.Module | None, student: nn.Module) -> None:
+    def __init__(self, run: RunContext, teacher: nn.Module | None, student: nn.Module) -> None:
         self.run, self.student = run, student
         self.splits = run.splits
         self.example = self.splits.train.x[:2].cpu()
@@ -63,7 +63,7 @@ class Ship:
         return self.run.dir / "models" / FILES[role]
 
     def meta(self, role: str, **extra) -> dict:
-        """What rebuilds the student's architecture, as `Run.save_model` writes it."""
+        """What rebuilds the student's architecture, as `RunContext.save_model` writes it."""
         cfg = self.run.recipe.student
         return {"config": cfg.model_dump(include=set(ModelConfig.model_fields)),
                 "input_shape": list(self.splits.input_shape), "num_classes": self.splits.num_classes,
@@ -100,16 +100,10 @@ class Ship:
             pr.prune_magnitude(model, p.amount)
         model = model.to(run.device)
         before = (predict(model, self.splits.test, run.device).argmax(-1) == self.target).float().mean().item()
-        if p.recovery_epochs:
-            seed_everything(run.recipe.seed)
-            if not run.resume:
-                run.log.drop_stage("recover")
-            fit = Fit(stage="recover", model=model, objective=build_objective(p.losses), train=self.splits.train,
-                      val=self.splits.val, cfg=run.recipe.train, device=run.device, seed=run.recipe.seed,
-                      teacher=LiveTeacher(copy.deepcopy(self.student)), epochs=p.recovery_epochs, lr=p.recovery_lr,
-                      checkpoint_path=run.dir / "checkpoints" / "recover.ckpt", log=run.log, quiet=run.quiet,
-                      augment=run.recipe.data.augment)
-            model = fit.run(resume=run.resume).model
+        if p.recovery_epochs:  # the run's one way to train: seeded, checkpointed, resumable, logged
+            model = run.trainer.fit("recover", lambda: model, build_objective(p.losses), self.splits.train,
+                                    teacher=LiveTeacher(copy.deepcopy(self.student)), epochs=p.recovery_epochs,
+                                    lr=p.recovery_lr)
         pr.make_permanent(model)
         info = {"method": p.method, "amount": p.amount, "params_before": params_before,
                 "params_after": count_parameters(model), "weight_sparsity": pr.weight_sparsity(model),

@@ -43,7 +43,7 @@ def load_dataset(cfg: DataConfig, seed: int | None = None) -> Splits:
     if raw.x_test is None or raw.y_test is None:
         x, y = _limit(raw.x, raw.y, cfg.limit, cfg.split_seed)
         n_test = max(1, round(cfg.test_fraction * len(y)))
-        pool, test = _split_off(np.arange(len(y)), y, n_test, cfg.split_seed)
+        pool, test = split_off(np.arange(len(y)), y, n_test, cfg.split_seed)
         x_test, y_test = x[test], y[test]
     else:
         n_train, n_test = _limit_pair(len(raw.y), len(raw.y_test), cfg.limit)
@@ -51,7 +51,7 @@ def load_dataset(cfg: DataConfig, seed: int | None = None) -> Splits:
         x_test, y_test = _limit(raw.x_test, raw.y_test, n_test, cfg.split_seed)
         pool = np.arange(len(y))
     n_val = min(round(cfg.val_fraction * len(y)), len(pool) - 1)
-    train, val = _split_off(pool, y, n_val, cfg.split_seed)
+    train, val = split_off(pool, y, n_val, cfg.split_seed)
     parts = [x[train], x[val], x_test]
     if cfg.normalize:
         parts = _standardize(*parts)
@@ -111,7 +111,7 @@ def _check(raw: Arrays, source: str) -> None:
             raise DistilError(f"{source}: {xname} holds NaN or infinite values; clean or impute them first.")
 
 
-def _subset(y: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+def stratified_subset(y: np.ndarray, n: int | None, seed: int) -> np.ndarray:
     """Indices (in order) of a stratified seeded subset of n samples; the first n when stratifying is impossible."""
     if n is None or n >= len(y):
         return np.arange(len(y))
@@ -126,7 +126,7 @@ def _subset(y: np.ndarray, n: int | None, seed: int) -> np.ndarray:
 
 def _limit(x: np.ndarray, y: np.ndarray, n: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """x and y cut down to a stratified subset of n samples (all when n is None)."""
-    keep = _subset(y, n, seed)
+    keep = stratified_subset(y, n, seed)
     return x[keep], y[keep]
 
 
@@ -138,7 +138,7 @@ def _limit_pair(n_train: int, n_test: int, limit: int | None) -> tuple[int | Non
     return keep_train, min(n_test, max(1, limit - keep_train))
 
 
-def _split_off(idx: np.ndarray, y: np.ndarray, n_out: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_off(idx: np.ndarray, y: np.ndarray, n_out: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split idx into (kept, n_out taken), stratified by y when possible, each in ascending order."""
     if n_out <= 0:
         return idx, idx[:0]

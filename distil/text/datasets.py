@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from distil.data.registry import encode_labels, register_splits, require_file
-from distil.data.splits import Splits, _split_off, _subset
+from distil.data.splits import Splits, split_off, stratified_subset
 from distil.errors import DistilError
 from distil.recipe import DataConfig, EvalConfig
 
@@ -132,11 +132,11 @@ def load_text_splits(cfg: DataConfig, raw: RawText) -> TextSplits:
     if len(raw.texts) < 3:
         raise DistilError(f"data: dataset '{cfg.name}' has {len(raw.texts)} texts; give at least 3.")
     tokenizer = load_tokenizer(cfg.text.tokenizer)
-    keep = _subset(raw.y, cfg.limit, cfg.split_seed)
+    keep = stratified_subset(raw.y, cfg.limit, cfg.split_seed)
     texts, y = [raw.texts[i] for i in keep], raw.y[keep]
-    pool, test = _split_off(np.arange(len(y)), y, max(1, round(cfg.test_fraction * len(y))), cfg.split_seed)
+    pool, test = split_off(np.arange(len(y)), y, max(1, round(cfg.test_fraction * len(y))), cfg.split_seed)
     n_val = min(round(cfg.val_fraction * len(y)), len(pool) - 1)
-    train, val = _split_off(pool, y, n_val, cfg.split_seed)
+    train, val = split_off(pool, y, n_val, cfg.split_seed)
     parts = []
     for idx in (train, val, test):
         ids, lengths = encode(tokenizer, [texts[i] for i in idx], cfg.text.max_length)
