@@ -142,7 +142,12 @@ class RunContext:
         if classes is not None:
             names, extra = [names[c] for c in classes], {**extra, "classes": list(classes)}
         checkpoint.save_model(self.model_path(role), model, config=architecture, input_shape=self.splits.input_shape,
-                              num_classes=len(names), class_names=names, extra=extra)
+                              num_classes=len(names), class_names=names, extra=extra, **self.inputs_metadata)
+
+    @property
+    def inputs_metadata(self) -> dict:
+        """What a model file keeps about its inputs: the preprocessing of raw inputs and the recipe's data section."""
+        return {"preprocess": self.splits.preprocess, "data": self.recipe.data.model_dump(mode="json")}
 
     def finished(self, role: str) -> nn.Module | None:
         """On resume, the saved model of `role` (on the run's device); None when it is still to be trained."""
