@@ -31,11 +31,13 @@ from distil.report import gains, write_report
 from distil.report_html import save_predictions
 from distil.report_settings import chosen_settings
 from distil.runlog import MetricsLog
+from distil.seeds import run_paired_seeds
 from distil.strategies.augment_distill import augmentation
 from distil.strategies.dispatch import run_strategy
 from distil.strategies.finetune import finetune
 from distil.strategies.schedules import label_terms, scheduled_objective
 from distil.strategies.trainer import Transform
+from distil.teacher_store import STORE, TeacherStore, teacher_fingerprint
 from distil.teachers import LiveTeacher, TeacherSource
 from distil.trackers import open_trackers
 
@@ -105,6 +107,7 @@ class Run:
         self.log = MetricsLog(self.dir / "metrics.jsonl", trackers)
         self.splits = load_dataset(recipe.data, seed=recipe.seed)
         self.warnings = check_splits(self.splits)  # for the report; one class fails here
+        self.teacher_reused: str | None = None  # the teacher store's file when the teacher was not trained again
         for warning in self.warnings:
             log.warning("distil: %s", warning)
 
@@ -179,7 +182,22 @@ class Run:
             model = make_model(t, self.splits, "teacher", checkpoint_path=t.checkpoint,
                                trust_code=self.trusted_code)
             return model.to(self.device).eval()
-        return self.train_stage("teach", "teacher", t, [LossTerm(name="ce")], epochs=t.epochs, lr=t.lr)
+        store, key = TeacherStore(self.dir.parent / STORE), teacher_fingerprint(self.recipe, self.splits.train)
+        done = self.model_path("teacher")
+        kept = None if self.resume and done.is_file() else store.get(key)
+        if kept is not None:  # the same teacher, data, loop settings and seed: trained before
+            if distributed.is_main():
+                checkpoint.atomic_write_bytes(done, kept.read_bytes())
+            distributed.barrier()
+            log.warning("distil: teacher reused from %s (same fingerprint: teacher, data, train settings, seed); "
+                        "not trained again", kept)
+            self.log.write({"stage": "teach", "reused": str(kept)})
+            self.teacher_reused = str(kept)
+            return checkpoint.load_model(done, trust_code=self.trusted_code)[0].to(self.device).eval()
+        model = self.train_stage("teach", "teacher", t, [LossTerm(name="ce")], epochs=t.epochs, lr=t.lr)
+        if distributed.is_main():
+            store.put(key, done)
+        return model
 
     def cache(self, teacher: nn.Module) -> TeacherCache:
         """Run the teacher once over every training sample (and augmented view) into the on-disk cache."""
@@ -267,6 +285,8 @@ class Run:
             results["settings"] = chosen_settings(self.log.records())
             if self.warnings:
                 results["warnings"] = list(self.warnings)
+            if self.teacher_reused:
+                results["teacher_reused"] = self.teacher_reused
             write_report(self.dir, results)
             write_model_card(self.dir, self.recipe, results)
         self.log.close()
@@ -284,6 +304,21 @@ def run_recipe(recipe: Recipe, runs_dir: Path | str = "runs", *, resume: bool = 
         from distil.text.lm_run import run_lm
 
         return run_lm(recipe, runs_dir, resume=resume, overwrite=overwrite, quiet=quiet)
+    result = _run_once(recipe, runs_dir, resume=resume, overwrite=overwrite, quiet=quiet)
+    if recipe.eval.seeds > 1:  # distil.seeds: the students again on paired seeds, then the verdict
+
+        def run_one(sub: Recipe, folder: Path, again: bool) -> tuple[Path, dict]:
+            done = _run_once(sub, folder, resume=again, overwrite=not again, quiet=quiet)
+            return done.run_dir, done.results
+
+        results = result.results
+        results["verdict"] = run_paired_seeds(recipe, result.run_dir, results, run_one, resume=resume)
+        if distributed.is_main():
+            write_report(result.run_dir, results)
+    return result
+
+
+def _run_once(recipe: Recipe, runs_dir: Path | str, *, resume: bool, overwrite: bool, quiet: bool) -> RunResult:
     folder = Path(runs_dir) / recipe.name
     fresh = overwrite or not (folder.is_dir() and any(folder.iterdir()))
     try:

@@ -250,6 +250,8 @@ class EvalConfig(StrictModel):
     latency_batch: int = Field(1, ge=1)
     throughput_batch: int = Field(256, ge=1)
     latency_repeats: int = Field(50, ge=3)
+    seeds: int = Field(1, ge=1, le=100, description="paired seeds of the distilled and the alone student (the teacher "
+                       "trained once): Δ = distilled − alone as mean ± 95% interval and a verdict")
 
 
 class PruneConfig(StrictModel):

@@ -11,6 +11,7 @@ from distil.errors import DistilError
 from distil.explain.summary import render_explain
 from distil.report_settings import render_settings
 from distil.strategies.tables import render_strategy
+from distil.verdict import render_verdict
 
 COLUMNS = ["model", "params", "size", "top-1", "macro-F1", "agree(T)", "ECE", "latency b=1", "thrpt b=256"]
 
@@ -99,6 +100,9 @@ def render_markdown(results: dict) -> str:
         "## What distillation bought",
         "",
         *render_gains(g),
+        *render_verdict(results.get("verdict")),
+        *([f"- teacher reused from `{results['teacher_reused']}` (same fingerprint), not trained again"]
+          if results.get("teacher_reused") else []),
         "",
         *render_settings(results.get("settings", {})),
         *render_shipping(results),
