@@ -56,7 +56,7 @@ def run(
     quiet = quiet or not is_main()  # under torchrun only rank 0 prints
     loaded = load_recipe(recipe, set_)
     result = run_recipe(loaded, runs_dir, resume=resume, overwrite=overwrite, quiet=quiet)
-    say(result.text if loaded.lm is not None else summary(result.results), quiet)  # an LM run has its own table
+    say(result.text if hasattr(result, "text") else summary(result.results), quiet)  # LM / tabular: own tables
     say(f"report: {result.run_dir / 'report.md'}", quiet)
 
 

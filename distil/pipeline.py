@@ -284,6 +284,10 @@ def run_recipe(recipe: Recipe, runs_dir: Path | str = "runs", *, resume: bool = 
         from distil.text.lm_run import run_lm
 
         return run_lm(recipe, runs_dir, resume=resume, overwrite=overwrite, quiet=quiet)
+    if recipe.tabular is not None:  # recommendation / tabular: its own stages over the same engine
+        from distil.tabular.run import run_tabular
+
+        return run_tabular(recipe, runs_dir, resume=resume, overwrite=overwrite, quiet=quiet)
     folder = Path(runs_dir) / recipe.name
     fresh = overwrite or not (folder.is_dir() and any(folder.iterdir()))
     try:

@@ -22,6 +22,7 @@ from pydantic import (
 
 from distil.errors import DistilError, nearest
 from distil.explain.config import ExplainConfig
+from distil.tabular.config import TabularConfig
 from distil.text.config import LMConfig, TextDataConfig, TextModelConfig, share_teacher_tokenizer
 
 SEED_LIMIT = 2**32  # seeds are numpy's (32 bits)
@@ -325,6 +326,7 @@ class Recipe(StrictModel):
     export: ExportConfig | None = None
     serve: ServeConfig = Field(default_factory=ServeConfig)
     lm: LMConfig | None = Field(None, description="causal language-model distillation (distil.text.lm_run)")
+    tabular: TabularConfig | None = Field(None, description="recommendation / tabular distillation (distil.tabular)")
 
     @field_validator("name")
     @classmethod
@@ -396,6 +398,8 @@ def validate_recipe(raw: Any, source: str = "recipe") -> Recipe:
             listed = f"; valid fields here: {', '.join(valid)}" if valid else ""
             raise DistilError(f"{source}: unknown field '{field}'{hint}{listed}.") from None
         raise DistilError(f"{source}: field '{field}': {err['msg']}.") from None
+    if recipe.tabular is not None:
+        import distil.tabular.losses  # noqa: F401  (late: registers the tabular losses the recipe may name)
     from distil.methods import validate_terms  # late import: the registry imports torch
 
     validate_terms(recipe.distill.losses, field="distill.losses")
