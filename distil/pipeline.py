@@ -151,7 +151,12 @@ class Run:
         architecture = cfg.model_dump(include=set(ModelConfig.model_fields))
         checkpoint.save_model(self.model_path(role), model, config=architecture, input_shape=self.splits.input_shape,
                               num_classes=self.splits.num_classes, class_names=self.splits.class_names,
-                              extra={"run": self.recipe.name, "role": role})
+                              extra={"run": self.recipe.name, "role": role}, **self.inputs_metadata)
+
+    @property
+    def inputs_metadata(self) -> dict:
+        """What a model file keeps about its inputs: the preprocessing of raw inputs and the recipe's data section."""
+        return {"preprocess": self.splits.preprocess, "data": self.recipe.data.model_dump(mode="json")}
 
     def train_stage(self, stage: str, role: str, cfg: ModelConfig, terms: list[LossTerm], *,
                     teacher: TeacherSource | None = None, epochs: int | None = None,

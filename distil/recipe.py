@@ -293,10 +293,17 @@ class ExportConfig(StrictModel):
 class ServeConfig(StrictModel):
     """Defaults of `distil serve` for this run's models (command-line options override them)."""
 
-    host: str = Field("127.0.0.1", min_length=1)
+    host: str = Field("127.0.0.1", min_length=1, description="a loopback address; binding beyond loopback needs "
+                      "--host on the command line (a recipe's other value is ignored with a warning)")
     port: int = Field(8000, ge=1, le=65535)
-    max_batch: int = Field(256, ge=1, description="most inputs one POST /predict may carry")
+    max_batch: int = Field(256, ge=1, description="most inputs one POST /predict may carry, and one forward pass")
     max_body_bytes: int = Field(4_000_000, ge=1024, description="largest request body accepted, in bytes")
+    max_wait_ms: float = Field(2.0, ge=0, le=1000, description="micro-batching: how long the first waiting "
+                               "request waits for others to share its forward pass (0: no micro-batching)")
+    queue: int = Field(256, ge=1, description="most requests waiting for inference; more get 503 with Retry-After")
+    body_timeout_s: float = Field(10.0, gt=0, le=3600, description="a request body must arrive within this time "
+                                  "(else 408 and the connection is closed)")
+    keep_alive_s: float = Field(5.0, gt=0, le=3600, description="an idle connection is closed after this time")
 
 
 class FinetuneConfig(StrictModel):
