@@ -247,13 +247,14 @@ def read_model_file(path: Path, formats: tuple[str, ...] = (MODEL_FORMAT,)) -> t
 
 
 def save_model(path: Path, model: nn.Module, *, config: dict, input_shape: tuple[int, ...], num_classes: int,
-               class_names: list[str], extra: dict | None = None) -> None:
+               class_names: list[str], extra: dict | None = None, **more: Any) -> None:
     """Save weights with what rebuilds the architecture (model config, input shape, classes) as JSON metadata.
 
-    `extra` is any JSON-able dict (the run, the role, the preprocessing the model needs).
+    `extra` is any JSON-able dict (the run, the role); `more` are further JSON-able fields: `preprocess` (the
+    distil.preprocess spec that turns raw inputs into model inputs) and `data` (the recipe's data section).
     """
     meta = model_metadata(config=config, input_shape=input_shape, num_classes=num_classes,
-                          class_names=class_names, extra=extra)
+                          class_names=class_names, extra=extra, **more)
     save_weights(path, model.state_dict(), meta)
 
 

@@ -154,7 +154,12 @@ class Run:
         architecture = cfg.model_dump(include=set(ModelConfig.model_fields))
         checkpoint.save_model(self.model_path(role), model, config=architecture, input_shape=self.splits.input_shape,
                               num_classes=self.splits.num_classes, class_names=self.splits.class_names,
-                              extra={"run": self.recipe.name, "role": role})
+                              extra={"run": self.recipe.name, "role": role}, **self.inputs_metadata)
+
+    @property
+    def inputs_metadata(self) -> dict:
+        """What a model file keeps about its inputs: the preprocessing of raw inputs and the recipe's data section."""
+        return {"preprocess": self.splits.preprocess, "data": self.recipe.data.model_dump(mode="json")}
 
     def train_stage(self, stage: str, role: str, cfg: ModelConfig, terms: list[LossTerm], *,
                     teacher: TeacherSource | None = None, epochs: int | None = None,
@@ -304,6 +309,10 @@ def run_recipe(recipe: Recipe, runs_dir: Path | str = "runs", *, resume: bool = 
         from distil.text.lm_run import run_lm
 
         return run_lm(recipe, runs_dir, resume=resume, overwrite=overwrite, quiet=quiet)
+    if recipe.tabular is not None:  # recommendation / tabular: its own stages over the same engine
+        from distil.tabular.run import run_tabular
+
+        return run_tabular(recipe, runs_dir, resume=resume, overwrite=overwrite, quiet=quiet)
     result = _run_once(recipe, runs_dir, resume=resume, overwrite=overwrite, quiet=quiet)
     if recipe.eval.seeds > 1:  # distil.seeds: the students again on paired seeds, then the verdict
 

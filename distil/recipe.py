@@ -22,6 +22,7 @@ from pydantic import (
 
 from distil.errors import DistilError, nearest
 from distil.explain.config import ExplainConfig
+from distil.tabular.config import TabularConfig
 from distil.text.config import LMConfig, TextDataConfig, TextModelConfig, share_teacher_tokenizer
 
 SEED_LIMIT = 2**32  # seeds are numpy's (32 bits)
@@ -294,10 +295,17 @@ class ExportConfig(StrictModel):
 class ServeConfig(StrictModel):
     """Defaults of `distil serve` for this run's models (command-line options override them)."""
 
-    host: str = Field("127.0.0.1", min_length=1)
+    host: str = Field("127.0.0.1", min_length=1, description="a loopback address; binding beyond loopback needs "
+                      "--host on the command line (a recipe's other value is ignored with a warning)")
     port: int = Field(8000, ge=1, le=65535)
-    max_batch: int = Field(256, ge=1, description="most inputs one POST /predict may carry")
+    max_batch: int = Field(256, ge=1, description="most inputs one POST /predict may carry, and one forward pass")
     max_body_bytes: int = Field(4_000_000, ge=1024, description="largest request body accepted, in bytes")
+    max_wait_ms: float = Field(2.0, ge=0, le=1000, description="micro-batching: how long the first waiting "
+                               "request waits for others to share its forward pass (0: no micro-batching)")
+    queue: int = Field(256, ge=1, description="most requests waiting for inference; more get 503 with Retry-After")
+    body_timeout_s: float = Field(10.0, gt=0, le=3600, description="a request body must arrive within this time "
+                                  "(else 408 and the connection is closed)")
+    keep_alive_s: float = Field(5.0, gt=0, le=3600, description="an idle connection is closed after this time")
 
 
 class FinetuneConfig(StrictModel):
@@ -327,6 +335,7 @@ class Recipe(StrictModel):
     export: ExportConfig | None = None
     serve: ServeConfig = Field(default_factory=ServeConfig)
     lm: LMConfig | None = Field(None, description="causal language-model distillation (distil.text.lm_run)")
+    tabular: TabularConfig | None = Field(None, description="recommendation / tabular distillation (distil.tabular)")
 
     @field_validator("name")
     @classmethod
@@ -398,6 +407,8 @@ def validate_recipe(raw: Any, source: str = "recipe") -> Recipe:
             listed = f"; valid fields here: {', '.join(valid)}" if valid else ""
             raise DistilError(f"{source}: unknown field '{field}'{hint}{listed}.") from None
         raise DistilError(f"{source}: field '{field}': {err['msg']}.") from None
+    if recipe.tabular is not None:
+        import distil.tabular.losses  # noqa: F401  (late: registers the tabular losses the recipe may name)
     from distil.methods import validate_terms  # late import: the registry imports torch
 
     validate_terms(recipe.distill.losses, field="distill.losses")

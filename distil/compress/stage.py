@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from distil.card import input_spec
 from distil.compress import prune as pr
 from distil.compress import quantize as q
 from distil.compress.files import load_any, save_compressed
@@ -68,7 +67,7 @@ class Ship:
         return {"config": cfg.model_dump(include=set(ModelConfig.model_fields)),
                 "input_shape": list(self.splits.input_shape), "num_classes": self.splits.num_classes,
                 "class_names": list(self.splits.class_names),
-                "extra": {"run": self.run.recipe.name, "role": role, **extra}}
+                "extra": {"run": self.run.recipe.name, "role": role, **extra}, **self.run.inputs_metadata}
 
     @property
     def shipped(self) -> tuple[str, nn.Module]:
@@ -146,7 +145,7 @@ class Ship:
         if run.resume and path.is_file():
             parity = check_parity(OnnxModel(path), model, self.splits.test, cfg)
         else:
-            metadata = {**self.meta("onnx", source=role), "input": input_spec(run.recipe.data, self.splits.input_shape)}
+            metadata = self.meta("onnx", source=role)
             parity = export_checked(model, self.splits.input_shape, path, self.splits.test, cfg, metadata)
         self.sections["export"] = {"file": f"models/{path.name}", "source": role, "format": cfg.format,
                                    "opset": cfg.opset, "bytes": path.stat().st_size, "sha256": sha256_of(path),
@@ -238,7 +237,9 @@ def export_file(target: Path, out: Path | None = None, data: DataConfig | None =
     dest = Path(out) if out else folder / "models" / "student.onnx" if target.is_dir() else path.with_suffix(".onnx")
     extra = {"run": meta["extra"].get("run"), "role": "onnx", "source": meta["extra"].get("role", path.stem)}
     metadata = {"config": meta["config"], "input_shape": meta["input_shape"], "num_classes": meta["num_classes"],
-                "class_names": meta["class_names"], "extra": extra, "input": input_spec(data, splits.input_shape)}
+                "class_names": meta["class_names"], "extra": extra,
+                "preprocess": meta.get("preprocess") or splits.preprocess,
+                "data": meta.get("data") or data.model_dump(mode="json")}
     cfg = recipe.export if recipe is not None and recipe.export is not None else ExportConfig()
     parity = export_checked(model, splits.input_shape, dest, splits.test, cfg, metadata)
     latency = {name: profile_model(m, splits.input_shape, CPU, throughput_batch=64, repeats=30)["latency_ms"]

@@ -103,7 +103,8 @@ class Trainer:
         config = arch.model_dump(include=set(ModelConfig.model_fields))
         checkpoint.save_model(run.model_path(role), model, config=config, input_shape=run.splits.input_shape,
                               num_classes=len(classes), class_names=[run.splits.class_names[c] for c in classes],
-                              extra={"run": run.recipe.name, "role": role, "classes": list(classes)})
+                              extra={"run": run.recipe.name, "role": role, "classes": list(classes)},
+                              **run.inputs_metadata)
 
 
 def score(model: nn.Module, dataset: Dataset, device: torch.device,

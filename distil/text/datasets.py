@@ -124,6 +124,7 @@ class TextSplits(Splits):
 
 def load_text_splits(cfg: DataConfig, raw: RawText) -> TextSplits:
     """Limit, split (stratified, `data.split_seed`) and tokenize the texts with `data.text.tokenizer`."""
+    from distil.text.preprocess import tokenizer_spec
     from distil.text.tokenize import TextDataset, encode, load_tokenizer
 
     if cfg.text.tokenizer is None:
@@ -143,7 +144,9 @@ def load_text_splits(cfg: DataConfig, raw: RawText) -> TextSplits:
         parts.append(TextDataset(ids, torch.from_numpy(y[idx]), lengths, tokenizer.pad_token_id, cfg.text.bucket))
     return TextSplits(train=parts[0], val=parts[1], test=parts[2], num_classes=len(raw.class_names),
                       input_shape=(cfg.text.max_length,), class_names=list(raw.class_names), name=cfg.name,
-                      tokenizer=str(cfg.text.tokenizer))
+                      tokenizer=str(cfg.text.tokenizer),
+                      preprocess=tokenizer_spec(cfg.text.tokenizer, tokenizer, cfg.text.max_length,
+                                                texts[train[0]] if len(train) else None))
 
 
 RAW_READERS = {"rotten_tomatoes": rotten_tomatoes, "bbc_news": bbc_news, "text_csv": text_file,
