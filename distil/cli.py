@@ -48,6 +48,8 @@ def run(
     overwrite: Annotated[bool, typer.Option(help="delete an existing run folder of the same name first")] = False,
     runs_dir: Annotated[Path, typer.Option(help="where run folders are written")] = Path("runs"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or table")] = False,
+    seeds: Annotated[Optional[int], typer.Option(help="paired seeds of the distilled and the alone student (sets "
+                                                 "eval.seeds): Δ as mean ± 95% interval and a verdict")] = None,
 ) -> None:
     """Train the teacher, distill the student, train the student alone, evaluate all three and write the report."""
     from distil.distributed import is_main
@@ -55,9 +57,9 @@ def run(
     from distil.recipe import load_recipe
 
     quiet = quiet or not is_main()  # under torchrun only rank 0 prints
-    loaded = load_recipe(recipe, set_)
+    loaded = load_recipe(recipe, [*set_, *([f"eval.seeds={seeds}"] if seeds is not None else [])])
     result = run_recipe(loaded, runs_dir, resume=resume, overwrite=overwrite, quiet=quiet)
-    say(result.text if loaded.lm is not None else summary(result.results), quiet)  # an LM run has its own table
+    say(result.text if hasattr(result, "text") else summary(result.results), quiet)  # LM / tabular: own tables
     say(f"report: {result.run_dir / 'report.md'}", quiet)
 
 
@@ -264,8 +266,11 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. runs
 def summary(results: dict) -> str:
     """The table and the gain lines `distil run` and `distil report` print."""
     from distil.report import gains, render_gains, render_text
+    from distil.verdict import render_verdict
 
-    return "\n".join([render_text(results), *render_gains(gains(results))])
+    warnings = [f"warning: {w}" for w in results.get("warnings", [])]
+    verdict = [line.replace("**", "") for line in render_verdict(results.get("verdict"))]
+    return "\n".join([*warnings, render_text(results), *render_gains(gains(results)), *verdict])
 
 
 @app.command()

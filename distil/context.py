@@ -34,6 +34,7 @@ from distil.models import build_model
 from distil.recipe import AugmentConfig, LossTerm, ModelConfig, Recipe, TrainConfig, dump_recipe
 from distil.runlog import MetricsLog
 from distil.strategies.schedules import label_terms, scheduled_objective
+from distil.teacher_store import STORE, TeacherStore, teacher_fingerprint
 from distil.teachers import LiveTeacher, TeacherSource
 from distil.trackers import open_trackers
 
@@ -94,6 +95,7 @@ class RunContext:
         self.log = MetricsLog(self.dir / "metrics.jsonl", trackers)
         self.splits = load_dataset(recipe.data, seed=recipe.seed)
         self.warnings = check_splits(self.splits)  # for the report; one class fails here
+        self.teacher_reused: str | None = None  # the teacher store's file when the teacher was not trained again
         for warning in self.warnings:
             log.warning("distil: %s", warning)
 
@@ -179,7 +181,22 @@ class RunContext:
             model = make_model(t, self.splits, "teacher", checkpoint_path=t.checkpoint,
                                trust_code=self.trusted_code)
             return model.to(self.device).eval()
-        return self.train_stage("teach", "teacher", t, [LossTerm(name="ce")], epochs=t.epochs, lr=t.lr)
+        store, key = TeacherStore(self.dir.parent / STORE), teacher_fingerprint(self.recipe, self.splits.train)
+        done = self.model_path("teacher")
+        kept = None if self.resume and done.is_file() else store.get(key)
+        if kept is not None:  # the same teacher, data, loop settings and seed: trained before
+            if distributed.is_main():
+                checkpoint.atomic_write_bytes(done, kept.read_bytes())
+            distributed.barrier()
+            log.warning("distil: teacher reused from %s (same fingerprint: teacher, data, train settings, seed); "
+                        "not trained again", kept)
+            self.log.write({"stage": "teach", "reused": str(kept)})
+            self.teacher_reused = str(kept)
+            return checkpoint.load_model(done, trust_code=self.trusted_code)[0].to(self.device).eval()
+        model = self.train_stage("teach", "teacher", t, [LossTerm(name="ce")], epochs=t.epochs, lr=t.lr)
+        if distributed.is_main():
+            store.put(key, done)
+        return model
 
     def cache(self, teacher: nn.Module) -> TeacherCache:
         """Run the teacher once over every training sample (and augmented view) into the on-disk cache."""

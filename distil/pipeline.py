@@ -22,6 +22,7 @@ from distil.recipe import Recipe
 from distil.report import gains, write_report
 from distil.report_html import save_predictions
 from distil.report_settings import chosen_settings
+from distil.seeds import run_paired_seeds
 from distil.strategies.dispatch import run_strategy
 from distil.strategies.finetune import finetune
 
@@ -89,6 +90,8 @@ class Run(RunContext):
             results["settings"] = chosen_settings(self.log.records())
             if self.warnings:
                 results["warnings"] = list(self.warnings)
+            if self.teacher_reused:
+                results["teacher_reused"] = self.teacher_reused
             write_report(self.dir, results)
             write_model_card(self.dir, self.recipe, results)
         self.log.close()
@@ -106,6 +109,25 @@ def run_recipe(recipe: Recipe, runs_dir: Path | str = "runs", *, resume: bool = 
         from distil.text.lm_run import run_lm
 
         return run_lm(recipe, runs_dir, resume=resume, overwrite=overwrite, quiet=quiet)
+    if recipe.tabular is not None:  # recommendation / tabular: its own stages over the same engine
+        from distil.tabular.run import run_tabular
+
+        return run_tabular(recipe, runs_dir, resume=resume, overwrite=overwrite, quiet=quiet)
+    result = _run_once(recipe, runs_dir, resume=resume, overwrite=overwrite, quiet=quiet)
+    if recipe.eval.seeds > 1:  # distil.seeds: the students again on paired seeds, then the verdict
+
+        def run_one(sub: Recipe, folder: Path, again: bool) -> tuple[Path, dict]:
+            done = _run_once(sub, folder, resume=again, overwrite=not again, quiet=quiet)
+            return done.run_dir, done.results
+
+        results = result.results
+        results["verdict"] = run_paired_seeds(recipe, result.run_dir, results, run_one, resume=resume)
+        if distributed.is_main():
+            write_report(result.run_dir, results)
+    return result
+
+
+def _run_once(recipe: Recipe, runs_dir: Path | str, *, resume: bool, overwrite: bool, quiet: bool) -> RunResult:
     folder = Path(runs_dir) / recipe.name
     fresh = overwrite or not (folder.is_dir() and any(folder.iterdir()))
     try:

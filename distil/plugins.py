@@ -9,7 +9,7 @@ import importlib
 import importlib.metadata
 
 PLUGINS: dict[str, tuple[str, ...]] = {
-    "methods": ("distil.text.layers", "distil.text.lm_losses"),
+    "methods": ("distil.text.layers", "distil.text.lm_losses", "distil.tabular.losses"),
     "datasets": ("distil.text.datasets",),
     "models": ("distil.text.models",),
 }

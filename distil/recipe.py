@@ -23,6 +23,7 @@ from pydantic import (
 
 from distil.errors import DistilError, nearest
 from distil.explain.config import ExplainConfig
+from distil.tabular.config import TabularConfig
 from distil.text.config import LMConfig, TextDataConfig, TextModelConfig, share_teacher_tokenizer
 
 SEED_LIMIT = 2**32  # seeds are numpy's (32 bits)
@@ -251,6 +252,8 @@ class EvalConfig(StrictModel):
     latency_batch: int = Field(1, ge=1)
     throughput_batch: int = Field(256, ge=1)
     latency_repeats: int = Field(50, ge=3)
+    seeds: int = Field(1, ge=1, le=100, description="paired seeds of the distilled and the alone student (the teacher "
+                       "trained once): Δ = distilled − alone as mean ± 95% interval and a verdict")
 
 
 class PruneConfig(StrictModel):
@@ -333,6 +336,7 @@ class Recipe(StrictModel):
     export: ExportConfig | None = None
     serve: ServeConfig = Field(default_factory=ServeConfig)
     lm: LMConfig | None = Field(None, description="causal language-model distillation (distil.text.lm_run)")
+    tabular: TabularConfig | None = Field(None, description="recommendation / tabular distillation (distil.tabular)")
 
     @field_validator("name")
     @classmethod

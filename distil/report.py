@@ -15,6 +15,7 @@ from distil.report_settings import PLOT, plot_lr_find, render_settings
 from distil.report_table import COLUMNS, gains, human, render_gains, render_markdown_table, render_text, table_rows
 from distil.runlog import MetricsLog
 from distil.strategies.tables import render_strategy
+from distil.verdict import render_verdict
 
 __all__ = ["COLUMNS", "gains", "human", "load_results", "render_gains", "render_markdown", "render_markdown_table",
            "render_text", "table_rows", "write_report"]
@@ -34,6 +35,9 @@ def render_markdown(results: dict) -> str:
         "## What distillation bought",
         "",
         *render_gains(g),
+        *render_verdict(results.get("verdict")),
+        *([f"- teacher reused from `{results['teacher_reused']}` (same fingerprint), not trained again"]
+          if results.get("teacher_reused") else []),
         "",
         *render_settings(results.get("settings", {})),
         *render_shipping(results),

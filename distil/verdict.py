@@ -60,6 +60,15 @@ class Verdict:
         return out
 
 
+    @classmethod
+    def from_dict(cls, record: dict) -> Verdict:
+        """The verdict `to_dict` wrote (a None bound is infinite)."""
+        low = -math.inf if record["low"] is None else record["low"]
+        high = math.inf if record["high"] is None else record["high"]
+        return cls(tuple(record["deltas"]), record["mean"], low, high, record["word"],
+                   record.get("higher_is_better", True), record.get("confidence", 0.95))
+
+
 def paired_verdict(distilled: Sequence[float], alone: Sequence[float], higher_is_better: bool = True,
                    confidence: float = 0.95) -> Verdict:
     """The verdict on `distilled` vs `alone`, the same metric of the two students paired seed for seed.
@@ -85,3 +94,20 @@ def paired_verdict(distilled: Sequence[float], alone: Sequence[float], higher_is
     better_low, better_high = (low, high) if higher_is_better else (-high, -low)
     word = GAIN if better_low > 0 else LOSS if better_high < 0 else NONE
     return Verdict(deltas, mean, low, high, word, higher_is_better, confidence)
+
+
+def render_verdict(record: dict | None) -> list[str]:
+    """Bullet lines of a run's verdict over paired seeds (distil.seeds): test top-1, then best and last epoch."""
+    if not record:
+        return []
+    lines = [f"- **Verdict: {record['test']['word']}.** " + Verdict.from_dict(record["test"]).line("test top-1")]
+    for when, what in (("val_best", "val top-1 at the best epoch"), ("val_last", "val top-1 at the last epoch")):
+        if when in record:
+            lines.append("- " + Verdict.from_dict(record[when]).line(what))
+    seeds = ", ".join(str(s) for s in record["seeds"])
+    shared = "; the teacher was trained once and shared" if record.get("teacher_shared") else ""
+    per_seed = "; ".join(f"seed {r['seed']}: {r['student'] * 100:.2f} vs {r['alone'] * 100:.2f}"
+                         for r in record["per_seed"])
+    lines.append(f"- paired seeds {seeds} (same initialisation and data order per seed{shared}): "
+                 f"distilled vs alone test top-1 {per_seed}")
+    return lines

@@ -16,11 +16,11 @@ ROOT = Path(__file__).resolve().parents[1] / "distil"
 # what reports, 3 the pipelines, 4 the doors. A module not named here is on floor 1; a prefix covers a package.
 FLOORS = {
     0: ("distil.contracts", "distil.errors", "distil.recipe", "distil.plugins", "distil.extras",
-        "distil.explain.config", "distil.text.config"),
+        "distil.explain.config", "distil.text.config", "distil.tabular.config"),
     1: ("distil.explain.soft_tree", "distil.explain.students"),  # models that live beside the explain stage
     2: ("distil.context", "distil.strategies", "distil.compress", "distil.explain", "distil.report",
         "distil.report_table", "distil.report_html", "distil.report_settings", "distil.card"),
-    3: ("distil.pipeline", "distil.text.lm_run"),
+    3: ("distil.pipeline", "distil.text.lm_run", "distil.tabular.run", "distil.seeds"),
     4: ("distil.cli", "distil.serve", "distil.sweep", "distil.starter", "distil.__main__"),
 }
 
