@@ -27,6 +27,7 @@ from distil.errors import DistilError
 from distil.ledger import StepLedger
 from distil.methods.base import Outputs
 from distil.methods.objective import Objective
+from distil.models import batchnorm
 from distil.recipe import AugmentConfig, TrainConfig
 from distil.runlog import MetricsLog
 from distil.taps import Taps
@@ -278,11 +279,20 @@ class Fit:
         bar.close()
         if best_state is not None:
             model.load_state_dict(best_state)
+        self._recalibrate_batchnorm(model)
         for method in objective.leaves():
             if hasattr(method, "detach"):
                 method.detach()
         model.eval()
         return FitResult(model, history, stopped_early, self._lr, self._lr_find, self._balance)
+
+    def _recalibrate_batchnorm(self, model: nn.Module) -> None:
+        """BatchNorm statistics recomputed for the final weights on training samples (distil.models.batchnorm): the
+        running averages of a fast-moving model can leave it evaluating far below how it trains."""
+        seen = batchnorm.recalibrate(model, self.train, self.device, batch_size=self.cfg.batch_size, seed=self.seed)
+        if seen and self.log is not None:
+            self.log.drop_stage(f"{self.stage}:bn_recalibrate")
+            self.log.write({"stage": f"{self.stage}:bn_recalibrate", "samples": seen})
 
     def _progress_bar(self, start_epoch: int, epochs: int) -> tqdm:
         """The stage's bar, in samples over all its epochs, advanced every step (samples/s and ETA from tqdm).
@@ -300,7 +310,11 @@ class Fit:
         lr = self.lr or self.cfg.lr
         self._balance = self._balance_terms(model, objective)
         self._lr = self._range_test(model, objective) if lr == "auto" else float(lr)
+        norms = self._term_gradients(model, objective)
         if self.log is not None:
+            self.log.drop_stage(f"{self.stage}:grad_norms")
+            if norms is not None:
+                self.log.write({"stage": f"{self.stage}:grad_norms", "weighted": norms})
             for name, done in (("balance", self._balance), ("lr_find", self._lr_find)):
                 self.log.drop_stage(f"{self.stage}:{name}")
                 if done is not None:
@@ -356,6 +370,23 @@ class Fit:
         for method, weight in zip(objective.methods, weights):
             method.weight = weight
         return done
+
+    def _term_gradients(self, model: nn.Module, objective: Objective) -> dict[str, float] | None:
+        """Each term's weighted gradient norm on the student at the start (mean of calibrate.BALANCE_BATCHES
+        batches), for distil.guards to name a term that swamps the others; None for a single-term objective."""
+        if len(objective.methods) < 2:
+            return None
+        names = objective.term_names()
+        sums = dict.fromkeys(names, 0.0)
+        with self._rehearsal(model, objective):
+            batches = self._calibration_batches(model, 800_001)
+            params = [p for p in model.parameters() if p.requires_grad]
+            for _ in range(calibrate.BALANCE_BATCHES):
+                values = self._term_values(model, objective, next(batches))
+                for name, method, value in zip(names, objective.methods, values):
+                    weight = abs(getattr(method, "weight", 1.0))
+                    sums[name] += weight * calibrate.grad_norm(value, params) / calibrate.BALANCE_BATCHES
+        return sums
 
     def _range_test(self, model: nn.Module, objective: Objective) -> float:
         """`lr: auto`: an lr range test on the student with the stage's objective (calibrate.range_test)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from torch import nn
 
-from distil import distributed
+from distil import distributed, guards
 from distil.card import write_model_card
 from distil.compress.stage import Ship
 from distil.context import RunContext, check_model_fits, make_model
@@ -50,6 +50,7 @@ class Run(RunContext):
         test = self.splits.test
         target = targets_of(test)
         logits = {role: predict(m, test, self.device) for role, m in models.items()}
+        self.predicted = {role: out.argmax(-1) for role, out in logits.items()}  # for distil.guards
         teacher_logits = logits.get("teacher")
         save_predictions(self.dir / "predictions.npz", target, logits, self.splits.class_names)
         results = {}
@@ -70,6 +71,7 @@ class Run(RunContext):
     def execute(self) -> RunResult:
         """Run every stage in order and write results.json and report.md."""
         check_models(self.recipe, self.splits, self.device)  # before the teacher trains
+        guards.speak(self, guards.before_training(self))
         outcome = run_strategy(self)  # distil/strategies: the only code that trains
         teacher, models = outcome.teacher, outcome.models
         if self.recipe.finetune is not None:
@@ -78,7 +80,13 @@ class Run(RunContext):
         if ship is not None:
             models.update(ship.compress())  # prune (+ recovery distillation) and quantize
         self.log.drop_stage("evaluate")
-        results = self.evaluate(models) if distributed.is_main() else {}  # rank 0 measures; the others wait
+        self.log.drop_stage("guards")
+        if distributed.is_main():  # rank 0 measures; the others wait
+            guards.speak(self, guards.statistics_check(self, models))
+            results = self.evaluate(models)
+            guards.speak(self, guards.after_evaluation(self, models, results, self.predicted))
+        else:
+            results = {}
         if self.recipe.explain is not None:  # every rank: the soft tree trains like any student
             results["explain"] = run_explain(self, teacher)
         if distributed.is_main():

@@ -91,6 +91,8 @@ class ModelConfig(StrictModel):
     name: str = "mlp"
     hidden: list[int] | None = None
     channels: list[int] | None = None
+    width: float | None = Field(None, gt=0, le=4, description="mobilenetv2 / shufflenetv2: the width multiplier "
+                                "(default: the zoo name's, e.g. mobilenetv2 0.25, mobilenetv2_x1 1.0)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     text: TextModelConfig | None = None
 

@@ -25,6 +25,11 @@ def halve(size: Size) -> tuple[Size, Size]:
     return stride, ((size[0] + stride[0] - 1) // stride[0], (size[1] + stride[1] - 1) // stride[1])
 
 
+def scaled(channels: int, width: float, least: int = 8) -> int:
+    """`channels` times the width multiplier, rounded to a multiple of 4 and at least `least`."""
+    return max(least, round(channels * width / 4) * 4)
+
+
 def init_weights(model: nn.Module) -> None:
     """Kaiming-normal convolutions (fan-out, ReLU) and BatchNorm with weight 1, bias 0."""
     for module in model.modules():

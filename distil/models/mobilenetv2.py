@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from distil.models.common import Size, conv_bn, halve, image_shape, init_weights
+from distil.models.common import Size, conv_bn, halve, image_shape, init_weights, scaled
 from distil.recipe import ModelConfig
 
 # (expansion t, output channels c, repeats n, halves the size?) per stage; CIFAR keeps the first two at stride 1.
@@ -32,16 +32,21 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-    """Stem `conv1`, stages `layer1..7` of inverted residuals, 1x1 `conv2` to 1280 channels, pooled head `fc`."""
+    """Stem `conv1`, stages `layer1..7` of inverted residuals, 1x1 `conv2`, pooled head `fc`.
 
-    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, width: float = 0.5, dropout: float = 0.0):
+    Every width scales with `width` (multiples of 4, at least 8); the last 1x1 conv keeps the paper's 1280 channels
+    from width 1 up and shrinks with the rest below it, so a narrow student for small inputs is really small.
+    """
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, width: float = 0.25,
+                 dropout: float = 0.0):
         super().__init__()
         channels, height, spatial_width = input_shape
-        in_ch = int(32 * width)
+        in_ch = scaled(32, width)
         self.conv1 = conv_bn(channels, in_ch, 3)
         size: Size = (height, spatial_width)
         for index, (expansion, out, repeats, down) in enumerate(STAGES, start=1):
-            out_ch = int(out * width)
+            out_ch = scaled(out, width)
             stride: Size = (1, 1)
             if down:
                 stride, size = halve(size)
@@ -49,7 +54,7 @@ class MobileNetV2(nn.Module):
             layers += [InvertedResidual(out_ch, out_ch, (1, 1), expansion) for _ in range(repeats - 1)]
             self.add_module(f"layer{index}", nn.Sequential(*layers))
             in_ch = out_ch
-        last = max(LAST_CHANNELS, int(LAST_CHANNELS * width))
+        last = scaled(LAST_CHANNELS, width) if width < 1 else scaled(LAST_CHANNELS, width, least=LAST_CHANNELS)
         self.conv2 = conv_bn(in_ch, last, 1)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
@@ -66,5 +71,6 @@ class MobileNetV2(nn.Module):
 
 
 def build_mobilenetv2(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, *, width: float) -> nn.Module:
-    """A zoo MobileNetV2 with the given width multiplier (`mobilenetv2` = 0.5, `mobilenetv2_x1` = 1.0)."""
-    return MobileNetV2(image_shape(cfg.name, input_shape), num_classes, width, cfg.dropout)
+    """A zoo MobileNetV2 with the recipe's `width`, else the zoo name's (`mobilenetv2` = 0.25, `mobilenetv2_x1` =
+    1.0)."""
+    return MobileNetV2(image_shape(cfg.name, input_shape), num_classes, cfg.width or width, cfg.dropout)

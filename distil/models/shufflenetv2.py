@@ -5,12 +5,25 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from distil.models.common import Size, conv_bn, halve, image_shape, init_weights
+from distil.models.common import Size, conv_bn, halve, image_shape, init_weights, scaled
 from distil.recipe import ModelConfig
 
 STEM_CHANNELS = 24
 REPEATS = (4, 8, 4)  # units per stage, the first of each downsampling
-WIDTHS = {0.5: (48, 96, 192, 1024), 1.0: (116, 232, 464, 1024)}  # stage1..3, last 1x1 conv
+WIDTHS = {0.5: (48, 96, 192, 1024), 1.0: (116, 232, 464, 1024), 1.5: (176, 352, 704, 1024),
+          2.0: (244, 488, 976, 2048)}  # the paper's stage1..3 and last 1x1 conv widths
+
+
+def stage_widths(width: float) -> tuple[int, int, int, int]:
+    """Stage1..3 and last-conv widths: the paper's at its multipliers, else 1.0's scaled; below width 1 the last
+    1x1 conv shrinks with the rest (so a narrow student for small inputs is really small)."""
+    if width in WIDTHS:
+        stages = WIDTHS[width][:3]
+        last = WIDTHS[width][3]
+    else:
+        stages = tuple(scaled(c, width) for c in WIDTHS[1.0][:3])
+        last = 2048 if width >= 2 else 1024
+    return (*stages, last if width >= 1 else scaled(1024, width))  # type: ignore[return-value]
 
 
 def channel_shuffle(x: torch.Tensor, groups: int = 2) -> torch.Tensor:
@@ -63,7 +76,7 @@ class ShuffleNetV2(nn.Module):
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, width: float = 0.5, dropout: float = 0.0):
         super().__init__()
         channels, height, spatial_width = input_shape
-        widths = WIDTHS[width]
+        widths = stage_widths(width)
         self.conv1 = conv_bn(channels, STEM_CHANNELS, 3)
         size: Size = (height, spatial_width)
         in_ch = STEM_CHANNELS
@@ -86,5 +99,6 @@ class ShuffleNetV2(nn.Module):
 
 
 def build_shufflenetv2(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, *, width: float) -> nn.Module:
-    """A zoo ShuffleNetV2 with the given width (`shufflenetv2` = 0.5, `shufflenetv2_x1` = 1.0)."""
-    return ShuffleNetV2(image_shape(cfg.name, input_shape), num_classes, width, cfg.dropout)
+    """A zoo ShuffleNetV2 with the recipe's `width`, else the zoo name's (`shufflenetv2` = 0.5, `shufflenetv2_x1` =
+    1.0)."""
+    return ShuffleNetV2(image_shape(cfg.name, input_shape), num_classes, cfg.width or width, cfg.dropout)

@@ -54,10 +54,14 @@ ZOO: dict[str, ZooEntry] = {
     "resnet8x4": _resnet(8, WIDE),
     "resnet32x4": _resnet(32, WIDE),
     **{f"wrn_{depth}_{widen}": _wrn(depth, widen) for depth in (16, 40) for widen in (1, 2)},
-    "mobilenetv2": ZooEntry(partial(build_mobilenetv2, width=0.5), "MobileNetV2 (CIFAR), width 0.5"),
-    "mobilenetv2_x1": ZooEntry(partial(build_mobilenetv2, width=1.0), "MobileNetV2 (CIFAR), width 1.0"),
-    "shufflenetv2": ZooEntry(partial(build_shufflenetv2, width=0.5), "ShuffleNetV2 (CIFAR), width 0.5"),
-    "shufflenetv2_x1": ZooEntry(partial(build_shufflenetv2, width=1.0), "ShuffleNetV2 (CIFAR), width 1.0"),
+    "mobilenetv2": ZooEntry(partial(build_mobilenetv2, width=0.25), "MobileNetV2 (CIFAR), width 0.25",
+                            ("width", "dropout")),
+    "mobilenetv2_x1": ZooEntry(partial(build_mobilenetv2, width=1.0), "MobileNetV2 (CIFAR), width 1.0",
+                               ("width", "dropout")),
+    "shufflenetv2": ZooEntry(partial(build_shufflenetv2, width=0.5), "ShuffleNetV2 (CIFAR), width 0.5",
+                             ("width", "dropout")),
+    "shufflenetv2_x1": ZooEntry(partial(build_shufflenetv2, width=1.0), "ShuffleNetV2 (CIFAR), width 1.0",
+                                ("width", "dropout")),
 }
 
 
