@@ -234,8 +234,14 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. runs
     from distil.report import load_results, write_report
 
     results = load_results(run_dir)
-    path = write_report(run_dir, results)
-    say(summary(results))
+    if results.get("kind") == "lm":  # a causal-LM run (the text extra) has its own report
+        from distil.text.lm_report import render_lm_table, write_lm_report
+
+        path = write_lm_report(run_dir, results)
+        say(render_lm_table(results))
+    else:
+        path = write_report(run_dir, results)
+        say(summary(results))
     say(f"report: {path}")
 
 
