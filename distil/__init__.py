@@ -1,11 +1,24 @@
-"""distil: distill a large teacher into a small, fast student, and show the trade side by side."""
+"""distil: distill a large teacher into a small, fast student, and show the trade side by side.
+
+Importing distil loads the recipe schema, the loss registry and the recipe checks (the losses and the strategies
+register theirs: distil.recipe.add_check), not the strategies, the report or any optional dependency;
+docs/architecture.md is the map."""
 
 from distil.errors import DistilError
 from distil.methods import CE, KD, Method, MSELogits, Outputs, register
 from distil.recipe import Recipe, load_recipe
-from distil.strategies import DistillResult, distill
+from distil.strategies import checks as _checks  # noqa: F401  (registers the strategies' recipe checks)
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """`distill` and `DistillResult` (the Python API of offline distillation), imported on first use."""
+    if name in ("distill", "DistillResult"):
+        from distil.strategies import offline
+
+        return getattr(offline, name)
+    raise AttributeError(f"module 'distil' has no attribute {name!r}")
 
 
 def run(recipe: str | Recipe | None = None, *, overrides: list[str] | None = None, runs_dir: str = "runs",

@@ -1,47 +1,17 @@
-"""A batch that knows its sample indices, and the iterators that produce it."""
+"""The iterators that produce Batches (the contract itself lives in distil.contracts and is re-exported here)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from distil.data import IndexedTensorDataset, as_indexed
+from distil.contracts import Batch, TensorDict
+from distil.data.indexed import IndexedTensorDataset, as_indexed
 
-
-class TensorDict(dict):
-    """Named input tensors of one batch (e.g. token ids + attention mask) that move together like one tensor.
-
-    `Batch.x` is a Tensor for images / tables, or a TensorDict for inputs with several parts (text); models then
-    receive the TensorDict itself as `model(x)`.
-    """
-
-    def to(self, device: torch.device, non_blocking: bool = False) -> TensorDict:
-        """Every tensor on `device`."""
-        return TensorDict({k: v.to(device, non_blocking=non_blocking) for k, v in self.items()})
-
-    @property
-    def device(self) -> torch.device:
-        """The device of the (first) tensor."""
-        return next(iter(self.values())).device
-
-
-@dataclass
-class Batch:
-    """Sample indices, inputs and targets of one batch, and which augmented view of the samples it holds."""
-
-    index: Tensor
-    x: Tensor | TensorDict
-    y: Tensor
-    view: int = 0
-
-    def to(self, device: torch.device) -> Batch:
-        """The same batch on `device` (non-blocking when the source is pinned)."""
-        return Batch(self.index.to(device, non_blocking=True), self.x.to(device, non_blocking=True),
-                     self.y.to(device, non_blocking=True), self.view)
+__all__ = ["Batch", "TensorDict", "iterate", "num_batches", "shard_index"]
 
 
 def iterate(dataset: Dataset, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,

@@ -1,35 +1,15 @@
 """MODEL_CARD.md of a run (data, teacher, method, metrics, size, latency, intended use, limits), the report's
-compression section, and the description of what inputs a shipped model expects."""
+compression section."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from distil.checkpoint import atomic_write_text
-from distil.data import load_dataset
-from distil.recipe import DataConfig, LossTerm, ModelConfig, Recipe
+from distil.recipe import LossTerm, ModelConfig, Recipe
+from distil.report_table import render_markdown_table
 
 SHIP_ROLES = ("student", "pruned", "int8", "onnx")
-
-
-def input_spec(data: DataConfig, input_shape: tuple[int, ...]) -> dict:
-    """What one input to the model is: shape, dtype and the preprocessing training applied (with its statistics)."""
-    spec: dict = {"shape": list(input_shape), "dtype": "float32", "dataset": data.name,
-                  "normalize": data.normalize}
-    if not data.normalize:
-        spec["preprocessing"] = f"each input as distil's '{data.name}' loader yields it (data.normalize is false)"
-        return spec
-    x = load_dataset(data.model_copy(update={"normalize": False})).train.x.numpy().astype(np.float64)
-    per = "feature" if x.ndim == 2 else "channel"
-    axes = (0,) if x.ndim == 2 else (0, *range(2, x.ndim))
-    std = x.std(axis=axes)
-    std[std == 0] = 1.0
-    spec.update(mean=np.round(x.mean(axis=axes), 7).tolist(), std=np.round(std, 7).tolist(), per=per,
-                preprocessing=f"each input standardized as in training, (x - mean) / std per {per}, with the mean "
-                              f"and std of the '{data.name}' training split given here; the model does not do it")
-    return spec
 
 
 def _model_text(cfg: ModelConfig) -> str:
@@ -104,7 +84,6 @@ def render_shipping(results: dict) -> list[str]:
 
 def render_card(recipe: Recipe, results: dict) -> str:
     """The whole MODEL_CARD.md."""
-    from distil.report import render_markdown_table  # late import: report renders this module's section
 
     models, export = results["models"], results.get("export")
     shipped = "onnx" if export else "pruned" if "pruned" in models else "student"

@@ -30,7 +30,11 @@ from typing import IO, Any
 import torch
 from torch import nn
 
+from distil import distributed
 from distil.errors import DistilError
+from distil.models import build_model
+from distil.models.user import PREFIX
+from distil.recipe import ModelConfig
 
 TRAILER_TAG = b"\nDISTIL-SHA256 "
 TRAILER_SIZE = len(TRAILER_TAG) + 64 + 1
@@ -60,8 +64,6 @@ def write_atomically(path: Path, writer: Callable[[IO[bytes]], Any], *, keep_pre
     A failure while writing (a full disk, a crash) leaves `path` as it was. With `keep_previous`, the file
     being replaced is first moved there. Only rank 0 of a distributed run writes.
     """
-    from distil import distributed
-
     if not distributed.is_main():
         return
     path = Path(path)
@@ -247,13 +249,14 @@ def read_model_file(path: Path, formats: tuple[str, ...] = (MODEL_FORMAT,)) -> t
 
 
 def save_model(path: Path, model: nn.Module, *, config: dict, input_shape: tuple[int, ...], num_classes: int,
-               class_names: list[str], extra: dict | None = None) -> None:
+               class_names: list[str], extra: dict | None = None, **more: Any) -> None:
     """Save weights with what rebuilds the architecture (model config, input shape, classes) as JSON metadata.
 
-    `extra` is any JSON-able dict (the run, the role, the preprocessing the model needs).
+    `extra` is any JSON-able dict (the run, the role); `more` are further JSON-able fields: `preprocess` (the
+    distil.preprocess spec that turns raw inputs into model inputs) and `data` (the recipe's data section).
     """
     meta = model_metadata(config=config, input_shape=input_shape, num_classes=num_classes,
-                          class_names=class_names, extra=extra)
+                          class_names=class_names, extra=extra, **more)
     save_weights(path, model.state_dict(), meta)
 
 
@@ -270,10 +273,6 @@ def load_model(path: Path, *, trust_code: bool | Collection[str] = False) -> tup
 def build_from_metadata(path: Path, meta: dict, *, trust_code: bool | Collection[str] = False) -> nn.Module:
     """A fresh model of the architecture a model file's metadata names; DistilError when it is damaged, or when
     it names a `python:` factory (which would import and run code) that `trust_code` does not allow."""
-    from distil.models import build_model
-    from distil.models.user import PREFIX
-    from distil.recipe import ModelConfig
-
     try:
         config = ModelConfig.model_validate(meta["config"])
         shape, classes = tuple(int(side) for side in meta["input_shape"]), int(meta["num_classes"])

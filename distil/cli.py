@@ -10,6 +10,7 @@ import typer
 
 from distil import __version__
 from distil.errors import DistilError
+from distil.extras import require
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distill a large teacher into a small, fast student and compare them side by side.")
@@ -47,6 +48,8 @@ def run(
     overwrite: Annotated[bool, typer.Option(help="delete an existing run folder of the same name first")] = False,
     runs_dir: Annotated[Path, typer.Option(help="where run folders are written")] = Path("runs"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or table")] = False,
+    seeds: Annotated[Optional[int], typer.Option(help="paired seeds of the distilled and the alone student (sets "
+                                                 "eval.seeds): Δ as mean ± 95% interval and a verdict")] = None,
 ) -> None:
     """Train the teacher, distill the student, train the student alone, evaluate all three and write the report."""
     from distil.distributed import is_main
@@ -54,9 +57,9 @@ def run(
     from distil.recipe import load_recipe
 
     quiet = quiet or not is_main()  # under torchrun only rank 0 prints
-    loaded = load_recipe(recipe, set_)
+    loaded = load_recipe(recipe, [*set_, *([f"eval.seeds={seeds}"] if seeds is not None else [])])
     result = run_recipe(loaded, runs_dir, resume=resume, overwrite=overwrite, quiet=quiet)
-    say(result.text if loaded.lm is not None else summary(result.results), quiet)  # an LM run has its own table
+    say(result.text if hasattr(result, "text") else summary(result.results), quiet)  # LM / tabular: own tables
     say(f"report: {result.run_dir / 'report.md'}", quiet)
 
 
@@ -138,7 +141,7 @@ def models(
 ) -> None:
     """List the model zoo with each model's parameters for an input shape and its recipe options."""
     from distil.models import zoo_rows
-    from distil.text.models import TEXT_BUILDERS
+    from distil.models.registry import registered_lines
 
     shape = parse_shape(input_shape)
     if classes < 1:
@@ -154,9 +157,8 @@ def models(
     typer.echo("wrn_<depth>_<width> and soft_tree_<depth> name other sizes, e.g. wrn_28_4, soft_tree_6.")
     typer.echo("python:package.module:factory    a user model factory(input_shape=..., num_classes=...)")
     typer.echo("checkpoint:path/to/model.pt      a model saved by distil")
-    typer.echo("hf:path/to/local/hf/folder       text: a local Hugging Face sequence classifier (teacher or student)")
-    for name, (_, line) in TEXT_BUILDERS.items():
-        typer.echo(f"{name:<32} text: {line}")
+    for shown, line in registered_lines():  # text's models register themselves (distil.plugins)
+        typer.echo(f"{shown:<32} text: {line}")
 
 
 @app.command()
@@ -197,7 +199,9 @@ def show_config(
 @app.command("eval")
 def evaluate(
     model_file: Annotated[Path, typer.Argument(help="a model file, e.g. runs/<name>/models/student.pt")],
-    data: Annotated[str, typer.Option(help="dataset name (digits, mnist1d, fashion_mnist, synthetic, npz, csv)")],
+    data: Annotated[Optional[str], typer.Option(help="dataset name (digits, mnist1d, fashion_mnist, synthetic, "
+                                                     "npz, csv; default: the one the model file or its run "
+                                                     "records)")] = None,
     data_path: Annotated[Optional[str], typer.Option(help="file or folder for npz / csv / fashion_mnist")] = None,
     split: Annotated[str, typer.Option(help="train, val or test")] = "test",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
@@ -209,13 +213,12 @@ def evaluate(
     from distil.engine import predict, resolve_device, targets_of
     from distil.metrics import classification_metrics
     from distil.profile import profile_model
-    from distil.recipe import DataConfig
     from distil.report import render_text
 
     if split not in {"train", "val", "test"}:
         raise DistilError(f"--split: '{split}' is not a split; use train, val or test.")
     model, meta = load_any(model_file, trust_code=trust_code)
-    splits = load_dataset(DataConfig(name=data, path=data_path))
+    splits = load_dataset(eval_data(model_file, meta, data, data_path))
     if tuple(meta["input_shape"]) != tuple(splits.input_shape) or meta["num_classes"] != splits.num_classes:
         raise DistilError(f"{model_file} expects inputs {tuple(meta['input_shape'])} with {meta['num_classes']} "
                           f"classes but --data {data} has {tuple(splits.input_shape)} with {splits.num_classes}; "
@@ -226,6 +229,27 @@ def evaluate(
     metrics = classification_metrics(predict(model, dataset, run_device), targets_of(dataset), splits.num_classes)
     metrics.update(profile_model(model, splits.input_shape, run_device))
     typer.echo(render_text({"models": {"model": {"label": model_file.name, **metrics}}}))
+
+
+def eval_data(model_file: Path, meta: dict, name: str | None, path: str | None):
+    """The data `distil eval` reads: --data (tokenized as the model's own preprocessing says), else the data
+    section the model file or its run folder's recipe.yaml records."""
+    from distil.compress.stage import run_folder_of
+    from distil.recipe import DataConfig, load_recipe
+
+    if name is None:
+        if isinstance(meta.get("data"), dict):
+            return DataConfig.model_validate(meta["data"])
+        folder = run_folder_of(model_file)
+        if folder is None:
+            raise DistilError(f"{model_file} records no dataset and is not inside a run folder; pass --data NAME "
+                              "(and --data-path).")
+        return load_recipe(folder / "recipe.yaml").data
+    cfg = DataConfig(name=name, path=path)
+    spec = meta.get("preprocess") or {}
+    if spec.get("kind") == "tokenizer":  # text: the model's own tokenizer and length
+        cfg.text.tokenizer, cfg.text.max_length = spec["folder"], int(spec["max_length"])
+    return cfg
 
 
 @app.command()
@@ -248,8 +272,11 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. runs
 def summary(results: dict) -> str:
     """The table and the gain lines `distil run` and `distil report` print."""
     from distil.report import gains, render_gains, render_text
+    from distil.verdict import render_verdict
 
-    return "\n".join([render_text(results), *render_gains(gains(results))])
+    warnings = [f"warning: {w}" for w in results.get("warnings", [])]
+    verdict = [line.replace("**", "") for line in render_verdict(results.get("verdict"))]
+    return "\n".join([*warnings, render_text(results), *render_gains(gains(results)), *verdict])
 
 
 @app.command()
@@ -290,16 +317,31 @@ def export(
 def serve(
     target: Annotated[Path, typer.Argument(help="a run folder (serves models/student.onnx, else the PyTorch "
                                                 "student) or a model file (.onnx or .pt)")],
-    host: Annotated[Optional[str], typer.Option(help="address to bind (default 127.0.0.1)")] = None,
+    host: Annotated[Optional[str], typer.Option(help="address to bind (default 127.0.0.1); another than loopback "
+                                                     "exposes the model to the network: set --token")] = None,
     port: Annotated[Optional[int], typer.Option(help="port (default 8000)")] = None,
-    max_batch: Annotated[Optional[int], typer.Option(help="most inputs per request (default 256)")] = None,
+    token: Annotated[Optional[str], typer.Option(help="require 'Authorization: Bearer TOKEN' on every route but "
+                                                      "/health (default: the DISTIL_SERVE_TOKEN environment "
+                                                      "variable, which other users cannot read in ps)")] = None,
+    max_batch: Annotated[Optional[int], typer.Option(help="most inputs per request and per forward pass "
+                                                          "(default 256)")] = None,
+    max_wait_ms: Annotated[Optional[float], typer.Option(help="micro-batching: how long a request waits for "
+                                                              "others to share its forward pass (default 2; 0: "
+                                                              "off)")] = None,
+    queue: Annotated[Optional[int], typer.Option(help="most requests waiting for inference; more get 503 "
+                                                      "(default 256)")] = None,
     max_body_bytes: Annotated[Optional[int], typer.Option(help="largest body in bytes (default 4000000)")] = None,
+    body_timeout_s: Annotated[Optional[float], typer.Option(help="seconds a request body may take to arrive "
+                                                                 "(default 10)")] = None,
     backend: Annotated[str, typer.Option(help="auto, onnx or torch")] = "auto",
 ) -> None:
     """Serve a model over HTTP: POST /predict, GET /metadata, GET /health (defaults from the run's serve section)."""
-    from distil.serve import serve as run_server
+    for module in ("fastapi", "uvicorn"):
+        require(module, "serve", "distil serve")
+    from distil.serve import serve as run_server  # optional: fastapi, uvicorn (distil[serve])
 
-    run_server(target, backend=backend, host=host, port=port, max_batch=max_batch, max_body_bytes=max_body_bytes)
+    run_server(target, backend=backend, host=host, token=token, port=port, max_batch=max_batch,
+               max_wait_ms=max_wait_ms, queue=queue, max_body_bytes=max_body_bytes, body_timeout_s=body_timeout_s)
 
 
 def main() -> None:

@@ -61,13 +61,24 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def resolve_device(spec: str = "auto") -> torch.device:
+    """`auto` picks CUDA when available, else the CPU; anything else is passed to torch.device."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise DistilError(f"device: '{spec}' is not a device; use auto, cpu or cuda[:N].") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DistilError("device: CUDA was asked for but is not available here; use device: auto or cpu.")
+    return device
+
+
 def setup(device_spec: str = "auto") -> torch.device:
     """Join the process group when launched by torchrun and return this process's device.
 
     On CUDA each process takes the GPU of its LOCAL_RANK and talks over NCCL; on the CPU processes use gloo.
     """
-    from distil.engine import resolve_device
-
     device = resolve_device(device_spec)
     info = env()
     if info.world_size <= 1:

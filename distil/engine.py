@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from distil import calibrate, checkpoint, distributed
 from distil.batch import Batch, iterate, num_batches
 from distil.data.augment import view_of
+from distil.distributed import resolve_device  # noqa: F401  (re-exported: its home is distil.distributed)
 from distil.errors import DistilError
 from distil.ledger import StepLedger
 from distil.methods.base import Outputs
@@ -30,19 +31,6 @@ from distil.recipe import AugmentConfig, TrainConfig
 from distil.runlog import MetricsLog
 from distil.taps import Taps
 from distil.teachers import TeacherSource, as_outputs
-
-
-def resolve_device(spec: str = "auto") -> torch.device:
-    """`auto` picks CUDA when available, else the CPU; anything else is passed to torch.device."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise DistilError(f"device: '{spec}' is not a device; use auto, cpu or cuda[:N].") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DistilError("device: CUDA was asked for but is not available here; use device: auto or cpu.")
-    return device
 
 
 def seed_everything(seed: int) -> None:

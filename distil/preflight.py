@@ -11,6 +11,8 @@ import torch
 from distil import checkpoint
 from distil.data import Splits
 from distil.errors import DistilError
+from distil.models import build_model
+from distil.models.zoo import lookup
 from distil.recipe import ModelConfig, Recipe
 
 BYTES_PER_PARAMETER = 16  # fp32 weights, gradients and two AdamW moments
@@ -28,8 +30,6 @@ def memory_bytes(device: torch.device) -> int:
 
 def parameter_count(cfg: ModelConfig, splits: Splits) -> int:
     """The parameters of a zoo model for this data, counted on the meta device (nothing is allocated)."""
-    from distil.models import build_model
-
     with torch.device("meta"):
         model = build_model(cfg, splits.input_shape, splits.num_classes)
     return sum(p.numel() for p in model.parameters())
@@ -38,8 +38,6 @@ def parameter_count(cfg: ModelConfig, splits: Splits) -> int:
 def check_size(cfg: ModelConfig, splits: Splits, field: str, device: torch.device) -> None:
     """DistilError naming `field` when training the model would need more memory than `device` has (zoo models;
     text models, `hf:` folders and `python:` factories are not built before training)."""
-    from distil.models.zoo import lookup
-
     if lookup(cfg.name.lower()) is None:
         return
     count = parameter_count(cfg, splits)

@@ -15,14 +15,17 @@ import numpy as np
 import torch
 
 from distil.checkpoint import atomic_write_text, write_atomically
-from distil.report import COLUMNS, render_gains, table_rows
+from distil.extras import available
+from distil.report_table import COLUMNS, render_gains, table_rows
 from distil.runlog import MetricsLog
+from distil.verdict import render_verdict
 
 COLORS = {"teacher": "#4c72b0", "student": "#dd8452", "alone": "#8c8c8c"}
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 td:first-child,th:first-child{text-align:left}img{max-width:100%;height:auto;display:block;margin:1em 0}
-h2{border-bottom:1px solid #ddd;padding-bottom:.2em}"""
+h2{border-bottom:1px solid #ddd;padding-bottom:.2em}
+.warning{background:#fff3cd;border-left:4px solid #e0a800;padding:6px 10px}"""
 
 
 def save_predictions(path: Path, target: torch.Tensor, logits: dict[str, torch.Tensor],
@@ -163,21 +166,32 @@ def plot_confusion(target: np.ndarray, predicted: np.ndarray, class_names: list[
 def render_html(results: dict, records: list[dict], predictions: dict[str, np.ndarray] | None,
                 lr_find: str | None = None) -> str:
     """The whole page as a string (`lr_find`: the range tests' plot as base64 PNG, when the run has one)."""
-    import matplotlib
+    plots = available("matplotlib")
+    if plots:
+        import matplotlib
 
-    matplotlib.use("Agg")
+        matplotlib.use("Agg")
     esc = html.escape
     head = "".join(f"<th>{esc(c)}</th>" for c in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in table_rows(results))
-    gains = "".join(f"<li>{esc(line.removeprefix('- '))}</li>" for line in render_gains(results.get("gains", {})))
+    lines = [*render_gains(results.get("gains", {})), *render_verdict(results.get("verdict"))]
+    gains = "".join(f"<li>{esc(line.removeprefix('- ').replace('**', ''))}</li>" for line in lines)
+    warnings = "".join(f"<p class=\"warning\"><strong>Warning:</strong> {esc(w)}</p>"
+                       for w in results.get("warnings", []))
     parts = [
         f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>distil run {esc(results['name'])}"
         f"</title><style>{STYLE}</style></head><body>",
         f"<h1>distil run <code>{esc(results['name'])}</code></h1>",
         f"<p>Data: <code>{esc(str(results['dataset']))}</code>, {results['test_samples']} test samples; measured on "
         f"<code>{esc(str(results['device']))}</code>.</p>",
+        warnings,
         f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>",
         f"<ul>{gains}</ul>" if gains else "",
+    ]
+    if not plots:
+        parts += ["<p>The plots need matplotlib: <code>pip install 'distil[report]'</code>.</p>", "</body></html>\n"]
+        return "\n".join(parts)
+    parts += [
         "<h2>Teacher, distilled student, student alone</h2>", _img(plot_bars(results), "accuracy bars"),
         "<h2>Accuracy against size and latency</h2>", _img(plot_tradeoff(results), "accuracy vs size and latency"),
     ]

@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 from distil.checkpoint import atomic_write_bytes
+from distil.extras import available
 
 PLOT = "lr_find.png"
 
@@ -43,7 +44,7 @@ def plot_lr_find(records: list[dict], path: Path) -> bool:
     """Plot every range test of the run (smoothed loss against lr, the chosen lr marked) into `path`; False when
     no stage ran one."""
     tests = [r for r in records if str(r.get("stage", "")).endswith(":lr_find") and r.get("lrs")]
-    if not tests:
+    if not tests or not available("matplotlib"):  # a lean install: report.html says how to get the plots
         return False
     import matplotlib
 

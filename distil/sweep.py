@@ -18,8 +18,11 @@ from typing import Any
 
 import yaml
 
-from distil.checkpoint import atomic_write_text, write_atomically
+from distil.checkpoint import atomic_write_text, load_model, write_atomically
+from distil.engine import predict, targets_of
 from distil.errors import DistilError
+from distil.extras import available, require
+from distil.pipeline import Run
 from distil.recipe import Recipe, load_recipe, parse_override
 
 OBJECTIVE = "val_acc"
@@ -83,10 +86,6 @@ def _override(key: str, value: Any) -> str:
 def run_trial(recipe_path: Path | None, overrides: list[str], runs_dir: Path, threads: int = 0) -> dict:
     """One trial: a whole run of the recipe with `overrides`; returns the student's val and test accuracy."""
     import torch
-
-    from distil.checkpoint import load_model
-    from distil.engine import predict, targets_of
-    from distil.pipeline import Run
 
     if threads:
         torch.set_num_threads(threads)
@@ -229,8 +228,11 @@ def write_sweep_report(folder: Path, study, params: list[SearchParam]) -> dict:
         cells = [str(i), str(t.number), *(_value(t.params[k]) for k in keys), f"{t.value:.4f}",
                  f"{t.user_attrs.get('test_top1', float('nan')):.4f}", f"`{run_name}`"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "![validation accuracy against each searched setting](sweep.png)", ""]
-    write_atomically(folder / "sweep.png", lambda f: f.write(plot_sweep(trials, keys)))
+    if available("matplotlib"):
+        lines += ["", "![validation accuracy against each searched setting](sweep.png)", ""]
+        write_atomically(folder / "sweep.png", lambda f: f.write(plot_sweep(trials, keys)))
+    else:
+        lines += ["", "The plot needs matplotlib: `pip install 'distil[report]'`.", ""]
     atomic_write_text(folder / "sweep.md", "\n".join(lines))
     return {"name": study.study_name, "trials": len(trials), "best_value": best.value, "best_params": best.params,
             "best_trial": best.number, "report": str(folder / "sweep.md")}
@@ -280,5 +282,6 @@ def run_sweep(recipe_path: Path | None, params: list[str], *, trials: int = 20, 
     """Search `params` over `trials` runs of the recipe (continuing a stored study of the same name)."""
     if trials < 1:
         raise DistilError(f"--trials: {trials} must be at least 1.")
+    require("optuna", "sweep", "distil sweep")
     return Sweep(recipe_path, params, overrides=overrides, runs_dir=runs_dir, name=name, jobs=jobs,
                  quiet=quiet).run(trials)

@@ -4,27 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from contextlib import nullcontext
-from typing import Protocol
 
 import torch
 from torch import nn
 
-from distil.batch import Batch
-from distil.methods.base import Outputs
+from distil.contracts import Batch, Outputs, TeacherSource, as_outputs
 from distil.taps import Taps
 
-
-class TeacherSource(Protocol):
-    """Anything that gives the teacher's outputs for a batch of indexed samples."""
-
-    def outputs(self, batch: Batch) -> Outputs:
-        """Teacher outputs for `batch` (already on the training device)."""
-        ...
-
-
-def as_outputs(out: torch.Tensor | Outputs) -> Outputs:
-    """A model's forward result as Outputs: logits are wrapped; a model may return Outputs (with features) itself."""
-    return out if isinstance(out, Outputs) else Outputs(out)
+__all__ = ["LiveTeacher", "TeacherSource", "as_outputs", "freeze"]  # the contracts are re-exported
 
 
 def freeze(model: nn.Module) -> nn.Module:

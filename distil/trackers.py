@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+from distil.checkpoint import atomic_write_text
+from distil.extras import require
 from distil.recipe import TrackConfig
 
 SKIP = {"stage", "epoch", "model", "label"}
@@ -51,7 +53,8 @@ class TensorBoardTracker:
     """Writes TensorBoard event files under `<run>/tensorboard/`."""
 
     def __init__(self, folder: Path) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+        require("tensorboard", "track", "track.tensorboard")
+        from torch.utils.tensorboard import SummaryWriter  # optional: tensorboard (distil[track])
 
         self.writer = SummaryWriter(log_dir=str(folder))
 
@@ -73,10 +76,9 @@ class MLflowTracker:
     def __init__(self, run_dir: Path, name: str, params: dict[str, str]) -> None:
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         logging.getLogger("alembic").setLevel(logging.WARNING)
-        from mlflow.entities import Param
+        require("mlflow", "track", "track.mlflow")
+        from mlflow.entities import Param  # optional: mlflow-skinny (distil[track])
         from mlflow.tracking import MlflowClient
-
-        from distil.checkpoint import atomic_write_text
 
         self.client = MlflowClient(tracking_uri=f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}")
         experiment = self.client.get_experiment_by_name("distil")
@@ -111,9 +113,7 @@ class WandbTracker:
     run folder continues the same W&B run (its id is kept in `<run>/wandb_run_id`)."""
 
     def __init__(self, run_dir: Path, name: str, config: dict[str, str]) -> None:
-        import wandb
-
-        from distil.checkpoint import atomic_write_text
+        wandb = require("wandb", "track", "track.wandb")
 
         id_file = Path(run_dir) / "wandb_run_id"
         run_id = id_file.read_text(encoding="utf-8").strip() if id_file.is_file() else secrets.token_hex(4)

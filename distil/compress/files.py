@@ -21,12 +21,14 @@ from distil.errors import DistilError
 
 FORMAT = "distil-compressed-2"  # weights + JSON metadata holding the pruned widths and the quantization mode
 OLD_FORMAT = "distil-compressed-1"  # the same fields as plain data beside the weights: still loaded (data only)
+INPUT_FIELDS = ("preprocess", "data")  # what a model file keeps about its inputs, carried to compressed copies
 
 
 def save_compressed(path: Path, model: nn.Module, meta: dict, *, widths: dict[str, int] | None = None,
                     quantized: dict | None = None) -> None:
     """Save a compressed model with `meta` (config, input_shape, num_classes, class_names, extra) and its recipe."""
     base = {k: meta[k] for k in ("config", "input_shape", "num_classes", "class_names")}
+    base.update({k: meta[k] for k in INPUT_FIELDS if k in meta})
     if not widths and not quantized:
         checkpoint.save_model(path, model, **base, extra=meta.get("extra"))
         return

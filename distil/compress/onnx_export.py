@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from distil.checkpoint import atomic_write_bytes
 from distil.engine import predict
 from distil.errors import DistilError
+from distil.extras import require
 from distil.recipe import ExportConfig
 
 INPUT, OUTPUT, METADATA_KEY = "input", "logits", "distil"
@@ -27,8 +28,7 @@ class OnnxModel(nn.Module):
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         super().__init__()
-        import onnxruntime as ort
-
+        ort = require("onnxruntime", "onnx", "running an .onnx model")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -53,6 +53,8 @@ class OnnxModel(nn.Module):
 
 def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, *, opset: int, metadata: dict) -> None:
     """Write `model` (fp32, eval mode) as ONNX with a dynamic batch axis and `metadata` in its properties."""
+    for module in ("onnx", "onnxscript"):  # torch.onnx's exporter imports them
+        require(module, "onnx", "ONNX export")
     model = copy.deepcopy(model).cpu().eval()
     example = torch.randn(2, *input_shape)  # batch 2: a batch of 1 would be specialised away
     exporter_log = logging.getLogger("torch.onnx")

@@ -15,12 +15,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from distil.card import input_spec
 from distil.compress import prune as pr
 from distil.compress import quantize as q
 from distil.compress.files import load_any, save_compressed
 from distil.data import load_dataset
-from distil.engine import Fit, predict, seed_everything, targets_of
+from distil.engine import predict, targets_of
 from distil.errors import DistilError
 from distil.methods import build_objective
 from distil.metrics import classification_metrics
@@ -29,7 +28,7 @@ from distil.recipe import DataConfig, ExportConfig, ModelConfig, load_recipe
 from distil.teachers import LiveTeacher
 
 if TYPE_CHECKING:
-    from distil.pipeline import Run
+    from distil.context import RunContext
 
 CPU = torch.device("cpu")
 FILES = {"pruned": "student-pruned.pt", "int8": "student-int8.pt", "onnx": "student.onnx"}
@@ -47,7 +46,7 @@ def sha256_of(path: Path) -> str:
 class Ship:
     """Compress and export the distilled student of `run`, then add their rows and sections to its results."""
 
-    def __init__(self, run: Run, teacher: nn.Module | None, student: nn.Module) -> None:
+    def __init__(self, run: RunContext, teacher: nn.Module | None, student: nn.Module) -> None:
         self.run, self.student = run, student
         self.splits = run.splits
         self.example = self.splits.train.x[:2].cpu()
@@ -63,12 +62,12 @@ class Ship:
         return self.run.dir / "models" / FILES[role]
 
     def meta(self, role: str, **extra) -> dict:
-        """What rebuilds the student's architecture, as `Run.save_model` writes it."""
+        """What rebuilds the student's architecture, as `RunContext.save_model` writes it."""
         cfg = self.run.recipe.student
         return {"config": cfg.model_dump(include=set(ModelConfig.model_fields)),
                 "input_shape": list(self.splits.input_shape), "num_classes": self.splits.num_classes,
                 "class_names": list(self.splits.class_names),
-                "extra": {"run": self.run.recipe.name, "role": role, **extra}}
+                "extra": {"run": self.run.recipe.name, "role": role, **extra}, **self.run.inputs_metadata}
 
     @property
     def shipped(self) -> tuple[str, nn.Module]:
@@ -100,16 +99,10 @@ class Ship:
             pr.prune_magnitude(model, p.amount)
         model = model.to(run.device)
         before = (predict(model, self.splits.test, run.device).argmax(-1) == self.target).float().mean().item()
-        if p.recovery_epochs:
-            seed_everything(run.recipe.seed)
-            if not run.resume:
-                run.log.drop_stage("recover")
-            fit = Fit(stage="recover", model=model, objective=build_objective(p.losses), train=self.splits.train,
-                      val=self.splits.val, cfg=run.recipe.train, device=run.device, seed=run.recipe.seed,
-                      teacher=LiveTeacher(copy.deepcopy(self.student)), epochs=p.recovery_epochs, lr=p.recovery_lr,
-                      checkpoint_path=run.dir / "checkpoints" / "recover.ckpt", log=run.log, quiet=run.quiet,
-                      augment=run.recipe.data.augment)
-            model = fit.run(resume=run.resume).model
+        if p.recovery_epochs:  # the run's one way to train: seeded, checkpointed, resumable, logged
+            model = run.trainer.fit("recover", lambda: model, build_objective(p.losses), self.splits.train,
+                                    teacher=LiveTeacher(copy.deepcopy(self.student)), epochs=p.recovery_epochs,
+                                    lr=p.recovery_lr)
         pr.make_permanent(model)
         info = {"method": p.method, "amount": p.amount, "params_before": params_before,
                 "params_after": count_parameters(model), "weight_sparsity": pr.weight_sparsity(model),
@@ -146,7 +139,7 @@ class Ship:
         if run.resume and path.is_file():
             parity = check_parity(OnnxModel(path), model, self.splits.test, cfg)
         else:
-            metadata = {**self.meta("onnx", source=role), "input": input_spec(run.recipe.data, self.splits.input_shape)}
+            metadata = self.meta("onnx", source=role)
             parity = export_checked(model, self.splits.input_shape, path, self.splits.test, cfg, metadata)
         self.sections["export"] = {"file": f"models/{path.name}", "source": role, "format": cfg.format,
                                    "opset": cfg.opset, "bytes": path.stat().st_size, "sha256": sha256_of(path),
@@ -238,7 +231,9 @@ def export_file(target: Path, out: Path | None = None, data: DataConfig | None =
     dest = Path(out) if out else folder / "models" / "student.onnx" if target.is_dir() else path.with_suffix(".onnx")
     extra = {"run": meta["extra"].get("run"), "role": "onnx", "source": meta["extra"].get("role", path.stem)}
     metadata = {"config": meta["config"], "input_shape": meta["input_shape"], "num_classes": meta["num_classes"],
-                "class_names": meta["class_names"], "extra": extra, "input": input_spec(data, splits.input_shape)}
+                "class_names": meta["class_names"], "extra": extra,
+                "preprocess": meta.get("preprocess") or splits.preprocess,
+                "data": meta.get("data") or data.model_dump(mode="json")}
     cfg = recipe.export if recipe is not None and recipe.export is not None else ExportConfig()
     parity = export_checked(model, splits.input_shape, dest, splits.test, cfg, metadata)
     latency = {name: profile_model(m, splits.input_shape, CPU, throughput_batch=64, repeats=30)["latency_ms"]

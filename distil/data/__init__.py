@@ -4,6 +4,5 @@ from distil.data import csv_file, digits, fashion_mnist, mnist1d, npz_file, synt
 from distil.data.indexed import IndexedDataset, IndexedTensorDataset, as_indexed
 from distil.data.registry import available_datasets
 from distil.data.splits import Splits, load_dataset
-from distil.text import datasets as _text_datasets  # noqa: E402,F401  (registers the text datasets)
 
 __all__ = ["IndexedDataset", "IndexedTensorDataset", "Splits", "as_indexed", "available_datasets", "load_dataset"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from distil.data.registry import Arrays, register
-from distil.errors import DistilError
+from distil.extras import require
 from distil.recipe import DataConfig
 
 ARRAYS = ("x", "y", "x_test", "y_test")
@@ -43,10 +43,8 @@ def mnist1d(cfg: DataConfig) -> Arrays:
 
 def _generate() -> dict[str, np.ndarray]:
     """The MNIST-1D arrays, from the cache when present, else generated (and cached when the folder is writable)."""
-    try:
-        from mnist1d.data import get_dataset_args, make_dataset
-    except ImportError:
-        raise DistilError("data.name 'mnist1d' needs the mnist1d package; install it: pip install mnist1d.") from None
+    mnist1d = require("mnist1d.data", "data", "data.name 'mnist1d'")
+    get_dataset_args, make_dataset = mnist1d.get_dataset_args, mnist1d.make_dataset
     args = get_dataset_args(as_dict=True)
     key = hashlib.sha1(json.dumps({k: v for k, v in args.items() if k != "url"}, sort_keys=True).encode()).hexdigest()
     path = cache_dir() / f"mnist1d-{key[:12]}.npz"

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from distil import plugins
 from distil.errors import DistilError, nearest
 from distil.recipe import DataConfig
 
@@ -52,13 +53,21 @@ def register_splits(name: str) -> Callable[[SplitLoader], SplitLoader]:
     return add
 
 
+def _known(name: str) -> None:
+    """Load the dataset plugins when `name` is not registered yet (text registers its datasets itself)."""
+    if name not in _LOADERS and name not in _SPLIT_LOADERS:
+        plugins.load("datasets")
+
+
 def split_loader(name: str) -> SplitLoader | None:
     """The loader of a dataset registered with `register_splits`, or None."""
+    _known(name)
     return _SPLIT_LOADERS.get(name)
 
 
 def get_loader(name: str) -> Loader:
     """The loader registered under `name`, or DistilError naming the closest names."""
+    _known(name)
     if name not in _LOADERS:
         raise DistilError(
             f"data.name: unknown dataset '{name}'{nearest(name, available_datasets())}; "
@@ -69,6 +78,7 @@ def get_loader(name: str) -> Loader:
 
 def available_datasets() -> list[str]:
     """The names `data.name` accepts, sorted."""
+    plugins.load("datasets")
     return sorted([*_LOADERS, *_SPLIT_LOADERS])
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -10,6 +10,7 @@ import torch
 from distil.data.indexed import IndexedTensorDataset
 from distil.data.registry import Arrays, get_loader, split_loader
 from distil.errors import DistilError
+from distil.preprocess import identity_spec, standardize_spec
 from distil.recipe import DataConfig
 
 
@@ -24,6 +25,7 @@ class Splits:
     input_shape: tuple[int, ...]
     class_names: list[str]
     name: str
+    preprocess: dict = field(default_factory=dict)  # what turned raw inputs into these (distil.preprocess kinds)
 
 
 def load_dataset(cfg: DataConfig, seed: int | None = None) -> Splits:
@@ -43,7 +45,7 @@ def load_dataset(cfg: DataConfig, seed: int | None = None) -> Splits:
     if raw.x_test is None or raw.y_test is None:
         x, y = _limit(raw.x, raw.y, cfg.limit, cfg.split_seed)
         n_test = max(1, round(cfg.test_fraction * len(y)))
-        pool, test = _split_off(np.arange(len(y)), y, n_test, cfg.split_seed)
+        pool, test = split_off(np.arange(len(y)), y, n_test, cfg.split_seed)
         x_test, y_test = x[test], y[test]
     else:
         n_train, n_test = _limit_pair(len(raw.y), len(raw.y_test), cfg.limit)
@@ -51,10 +53,12 @@ def load_dataset(cfg: DataConfig, seed: int | None = None) -> Splits:
         x_test, y_test = _limit(raw.x_test, raw.y_test, n_test, cfg.split_seed)
         pool = np.arange(len(y))
     n_val = min(round(cfg.val_fraction * len(y)), len(pool) - 1)
-    train, val = _split_off(pool, y, n_val, cfg.split_seed)
+    train, val = split_off(pool, y, n_val, cfg.split_seed)
     parts = [x[train], x[val], x_test]
+    preprocess = identity_spec(parts[0])
     if cfg.normalize:
-        parts = _standardize(*parts)
+        parts, mean, std = _standardize(*parts)
+        preprocess = standardize_spec(x[train], mean, std)
     x_train, x_val, x_test = (torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32)) for p in parts)
     return Splits(
         train=IndexedTensorDataset(x_train, torch.from_numpy(y[train])),
@@ -64,6 +68,7 @@ def load_dataset(cfg: DataConfig, seed: int | None = None) -> Splits:
         input_shape=tuple(x_train.shape[1:]),
         class_names=list(raw.class_names),
         name=cfg.name,
+        preprocess=preprocess,
     )
 
 
@@ -111,7 +116,7 @@ def _check(raw: Arrays, source: str) -> None:
             raise DistilError(f"{source}: {xname} holds NaN or infinite values; clean or impute them first.")
 
 
-def _subset(y: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+def stratified_subset(y: np.ndarray, n: int | None, seed: int) -> np.ndarray:
     """Indices (in order) of a stratified seeded subset of n samples; the first n when stratifying is impossible."""
     if n is None or n >= len(y):
         return np.arange(len(y))
@@ -126,7 +131,7 @@ def _subset(y: np.ndarray, n: int | None, seed: int) -> np.ndarray:
 
 def _limit(x: np.ndarray, y: np.ndarray, n: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """x and y cut down to a stratified subset of n samples (all when n is None)."""
-    keep = _subset(y, n, seed)
+    keep = stratified_subset(y, n, seed)
     return x[keep], y[keep]
 
 
@@ -138,7 +143,7 @@ def _limit_pair(n_train: int, n_test: int, limit: int | None) -> tuple[int | Non
     return keep_train, min(n_test, max(1, limit - keep_train))
 
 
-def _split_off(idx: np.ndarray, y: np.ndarray, n_out: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_off(idx: np.ndarray, y: np.ndarray, n_out: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split idx into (kept, n_out taken), stratified by y when possible, each in ascending order."""
     if n_out <= 0:
         return idx, idx[:0]
@@ -151,11 +156,12 @@ def _split_off(idx: np.ndarray, y: np.ndarray, n_out: int, seed: int) -> tuple[n
     return np.sort(keep), np.sort(out)
 
 
-def _standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
-    """Standardize every array with the train array's mean / std: per channel for (C, ...) samples, else per feature."""
+def _standardize(train: np.ndarray, *others: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Standardize every array with the train array's mean / std: per channel for (C, ...) samples, else per feature
+    (the arrays, then the mean and std, keepdims)."""
     axes = (0,) if train.ndim == 2 else (0, *range(2, train.ndim))
     mean = train.mean(axis=axes, keepdims=True, dtype=np.float64)
     std = train.std(axis=axes, keepdims=True, dtype=np.float64)
     std[std == 0] = 1.0
     mean, std = mean.astype(np.float32), std.astype(np.float32)
-    return [(a.astype(np.float32, copy=False) - mean) / std for a in (train, *others)]
+    return [(a.astype(np.float32, copy=False) - mean) / std for a in (train, *others)], mean, std

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from distil.data import load_dataset
 from distil.errors import DistilError
 from distil.explain.bundle import BUNDLE, Explained, load_bundle
 from distil.explain.plots import render_plots
@@ -14,6 +15,7 @@ from distil.explain.rules import RuleListStudent, numbered, order_rules, tree_ru
 from distil.explain.stage import flat
 from distil.explain.summary import pct, size_text
 from distil.explain.tree import TreeStudent
+from distil.recipe import load_recipe
 
 TOP_FEATURES = 10
 
@@ -55,9 +57,6 @@ def score_lines(explained: Explained) -> list[str]:
 
 def test_inputs(run_dir: Path, explained: Explained) -> tuple[np.ndarray, np.ndarray]:
     """The run's test split (flattened inputs, labels), loaded again from its resolved recipe."""
-    from distil.data import load_dataset
-    from distil.recipe import load_recipe
-
     recipe = load_recipe(run_dir / "recipe.yaml")
     splits = load_dataset(recipe.data, seed=recipe.seed)
     if tuple(splits.input_shape) != explained.input_shape:

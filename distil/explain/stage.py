@@ -23,6 +23,7 @@ from distil.explain.soft_tree import SoftDecisionTree, SoftTreeStudent
 from distil.explain.students import Names, Transparent, feature_names, one_hot
 from distil.explain.transfer import feature_scale, perturb, query_points
 from distil.explain.tree import TreeStudent
+from distil.extras import available
 from distil.methods import build_objective
 from distil.methods.base import method_class
 from distil.recipe import AugmentConfig, LossTerm, TrainConfig
@@ -31,7 +32,7 @@ from distil.strategies.schedules import label_terms
 from distil.teachers import LiveTeacher
 
 if TYPE_CHECKING:
-    from distil.pipeline import Run
+    from distil.context import RunContext
 
 VARIANTS = ("alone", "distilled")
 SOFT_TREE_STAGES = {"alone": "explain_soft_tree_alone", "distilled": "explain_soft_tree"}
@@ -140,10 +141,8 @@ def fit_students(s: Setting) -> Explained:
     return Explained(students, results, names, tuple(splits.input_shape), teacher_test)
 
 
-def run_explain(run: Run, teacher: nn.Module) -> dict:
+def run_explain(run: RunContext, teacher: nn.Module) -> dict:
     """The pipeline's explain stage: fit (or, on resume, reload) the students, render the plots, return results."""
-    from distil.explain.plots import render_plots  # late import: matplotlib takes a second to import
-
     folder = run.dir / "explain"
     bundle = folder / BUNDLE
     if run.resume and bundle.is_file():
@@ -160,5 +159,9 @@ def run_explain(run: Run, teacher: nn.Module) -> dict:
             save_bundle(bundle, explained)
     if not distributed.is_main():
         return explained.results  # rank 0 writes the files and reports
+    if not available("matplotlib"):  # a lean install: the students and their numbers, no plots
+        return {**explained.results, "plots": []}
+    from distil.explain.plots import render_plots  # optional: matplotlib (distil[report])
+
     plots = render_plots(explained, folder)
     return {**explained.results, "plots": [f"explain/{p.name}" for p in plots]}

@@ -9,7 +9,8 @@ from distil.methods import contrastive, feature, logits, relation, sequence, tre
 from distil.methods.base import REGISTRY, Method, Outputs, method_class, parse_params, register
 from distil.methods.logits import CE, KD, MSELogits
 from distil.methods.objective import Objective, build_objective
-from distil.text import layers, lm_losses  # noqa: F401  (registers the text losses)
+from distil.plugins import load as load_plugins
+from distil.recipe import Recipe, add_check
 
 __all__ = [
     "CE", "KD", "MSELogits", "Method", "Objective", "Outputs", "REGISTRY",
@@ -31,8 +32,17 @@ def validate_terms(terms: Sequence, field: str = "distill.losses") -> None:
             raise DistilError(f"{field}.{i}.ratio: ratio sizes a `weight: auto` term; set weight: auto or drop ratio.")
 
 
+@add_check
+def check_losses(recipe: Recipe) -> None:
+    """Every loss term of a recipe names a registered method with valid parameters (registered as a recipe check)."""
+    validate_terms(recipe.distill.losses, field="distill.losses")
+    if recipe.compress is not None and recipe.compress.prune is not None:
+        validate_terms(recipe.compress.prune.losses, field="compress.prune.losses")
+
+
 def describe_methods() -> list[dict]:
     """One row per registered method: name, summary, paper and parameters with their defaults."""
+    load_plugins("methods")
     rows = []
     for name in sorted(REGISTRY):
         cls = REGISTRY[name]

@@ -4,27 +4,15 @@ the registry."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor, nn
 
+from distil import plugins
+from distil.contracts import Outputs
 from distil.errors import DistilError, nearest
-
-
-@dataclass
-class Outputs:
-    """What a model produced for a batch: its logits, the features tapped by module path and the sample indices.
-
-    `features` are plain tensors keyed by tap (`layer2`, `layer3.0.relu2:input`, `@embedding`; see distil.taps).
-    `index` holds the batch's sample indices (positions in the training set); the engine sets it on the student's
-    outputs, for losses that keep per-sample state (CRD's memory bank). Teacher outputs need not carry it.
-    """
-
-    logits: Tensor
-    features: dict[str, Tensor] = field(default_factory=dict)
-    index: Tensor | None = None
 
 
 @dataclass
@@ -122,7 +110,9 @@ def register(name: str):
 
 
 def method_class(name: str, field: str = "name") -> type[Method]:
-    """The registered class for `name`, or a DistilError suggesting the nearest names."""
+    """The registered class for `name` (plugins load on a miss), or a DistilError suggesting the nearest names."""
+    if name not in REGISTRY:
+        plugins.load("methods")
     if name not in REGISTRY:
         raise DistilError(
             f"{field}: unknown loss '{name}'{nearest(name, REGISTRY)}; run `distil methods` for the list."

@@ -7,12 +7,11 @@ from dataclasses import dataclass
 from torch import nn
 
 from distil.errors import DistilError, nearest
+from distil.models.registry import registered_builder
 from distil.models.user import PREFIX as PYTHON_PREFIX
 from distil.models.user import build_python_model
 from distil.models.zoo import ZOO, lookup
 from distil.recipe import ModelConfig
-from distil.text.config import HF_PREFIX
-from distil.text.models import TEXT_BUILDERS, build_hf
 
 __all__ = ["available_models", "build_model", "describe_models", "zoo_rows"]
 
@@ -71,11 +70,9 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
         )
     if name.startswith(PYTHON_PREFIX):
         return build_python_model(name, input_shape, num_classes)
-    if name.startswith(HF_PREFIX):
-        return build_hf(cfg, input_shape, num_classes)
-    if name in TEXT_BUILDERS:
-        return TEXT_BUILDERS[name][0](cfg, input_shape, num_classes)
     entry = lookup(name.lower())
+    if entry is None and (build := registered_builder(name)) is not None:  # text's students, hf: folders
+        return build(cfg, input_shape, num_classes)
     if entry is None:
         raise DistilError(
             f"unknown model '{name}'{nearest(name, available_models())}; see `distil models` for the list."

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from distil.errors import DistilError
 from distil.methods.base import method_class
-from distil.recipe import DistillConfig, LossTerm, Recipe
+from distil.recipe import DistillConfig, LossTerm, Recipe, add_check
 
 STRATEGY_OF = {"teachers": "multi_teacher", "combine": "multi_teacher", "features_from": "multi_teacher",
                "peers": "online", "online_teacher": "online", "generations": "self", "ensemble": "self",
@@ -26,6 +26,7 @@ def check_terms(terms: list[LossTerm], field: str = "distill.losses") -> None:
                               "sample_weight on a teacher term such as kd.")
 
 
+@add_check
 def check_recipe(recipe: Recipe) -> None:
     """Raise DistilError naming the first strategy setting that is misplaced or inconsistent."""
     d = recipe.distill

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from distil.context import make_model
 from distil.data import IndexedTensorDataset, as_indexed
 from distil.engine import predict
 from distil.errors import DistilError
@@ -34,7 +35,7 @@ from distil.strategies.trainer import Trainer
 from distil.teachers import LiveTeacher
 
 if TYPE_CHECKING:
-    from distil.pipeline import Run
+    from distil.context import RunContext
 
 
 def resolve_tasks(tasks: int | Sequence[Sequence[int]], num_classes: int) -> list[list[int]]:
@@ -148,10 +149,9 @@ def learn_without_forgetting(model: nn.Module, train: Dataset, test: Dataset, ta
                        distill=distill)
 
 
-def run_continual(run: Run) -> Outcome:
+def run_continual(run: RunContext) -> Outcome:
     """The continual strategy in a recipe run: the student learns the tasks in order with LwF, with plain
     fine-tuning, and jointly; the report gives every task's accuracy after every step and the forgetting."""
-    from distil.pipeline import make_model
 
     r, d, s = run.recipe, run.recipe.distill, run.splits
     k = s.num_classes

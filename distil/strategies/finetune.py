@@ -12,10 +12,10 @@ from distil.strategies.schedules import label_terms, scheduled_objective
 from distil.strategies.trainer import Trainer
 
 if TYPE_CHECKING:
-    from distil.pipeline import Run
+    from distil.context import RunContext
 
 
-def finetune(run: Run, student: nn.Module) -> nn.Module:
+def finetune(run: RunContext, student: nn.Module) -> nn.Module:
     """Fine-tune a copy of the distilled `student` on the run's labeled training split (models/finetuned.pt)."""
     f = run.recipe.finetune
     objective = scheduled_objective(label_terms(run.recipe.distill.losses))

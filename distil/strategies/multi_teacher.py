@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from distil.batch import Batch
+from distil.context import make_model
 from distil.data import IndexedTensorDataset, Splits
 from distil.errors import DistilError
 from distil.methods.base import Outputs
@@ -28,7 +29,7 @@ from distil.strategies.trainer import Trainer
 from distil.teachers import LiveTeacher, TeacherSource, as_outputs, freeze
 
 if TYPE_CHECKING:
-    from distil.pipeline import Run
+    from distil.context import RunContext
 
 COMBINE = ("mean", "weights", "confidence", "best")
 FLOOR = 1e-8  # smallest probability kept before the log: finite logits for classes a teacher never predicts
@@ -167,9 +168,8 @@ def subset_splits(splits: Splits, classes: Sequence[int]) -> Splits:
                                class_names=[splits.class_names[c] for c in classes])
 
 
-def member_teacher(run: Run, trainer: Trainer, i: int, member: MemberConfig) -> nn.Module:
+def member_teacher(run: RunContext, trainer: Trainer, i: int, member: MemberConfig) -> nn.Module:
     """Teacher i of the recipe: loaded from its checkpoint, or trained on the labels (of its classes only)."""
-    from distil.pipeline import make_model
 
     classes = member.classes
     splits = subset_splits(run.splits, classes) if classes else run.splits
@@ -182,10 +182,9 @@ def member_teacher(run: Run, trainer: Trainer, i: int, member: MemberConfig) -> 
                                             epochs=member.epochs, lr=member.lr, role=role, arch=member, classes=classes)
 
 
-def run_multi_teacher(run: Run) -> Outcome:
+def run_multi_teacher(run: RunContext) -> Outcome:
     """The multi_teacher strategy in a recipe run: every teacher, their ensemble as the student's teacher, the
     student, and the student alone; the report shows each teacher and the ensemble."""
-    from distil.pipeline import make_model
 
     r, d = run.recipe, run.recipe.distill
     k = run.splits.num_classes

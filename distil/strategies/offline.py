@@ -1,4 +1,6 @@
-"""Offline distillation from Python: a frozen teacher, any student, any dataset of (x, y)."""
+"""Offline distillation: a frozen teacher, trained first (or loaded), teaches a student, live or from the teacher
+cache; the same student trained alone is the baseline. `run_offline` is the recipe strategy, `distill` the Python
+API for any teacher, student and dataset of (x, y)."""
 
 from __future__ import annotations
 
@@ -10,13 +12,16 @@ from torch.utils.data import Dataset
 
 from distil.batch import Batch
 from distil.calibrate import Balance, RangeTest
+from distil.context import RunContext, score
 from distil.data import as_indexed
-from distil.engine import Fit, predict, resolve_device, seed_everything, targets_of
+from distil.distributed import resolve_device
+from distil.engine import Fit, seed_everything
 from distil.methods import Method, Objective
 from distil.methods.objective import default_methods
-from distil.metrics import classification_metrics
 from distil.recipe import TrainConfig
+from distil.strategies.augment_distill import augmentation
 from distil.strategies.multi_teacher import EnsembleTeacher
+from distil.strategies.tables import Outcome
 from distil.teachers import LiveTeacher, TeacherSource
 
 
@@ -60,19 +65,31 @@ def distill(teacher: nn.Module | Sequence[nn.Module] | TeacherSource, student: n
               device=run_device, seed=seed, teacher=source, quiet=quiet, batch_transform=batch_transform)
     result = fit.run()
     held_out = as_indexed(test) if test is not None else val if val is not None else train
-    target = targets_of(held_out)
-    teacher_logits = predict(teacher, held_out, run_device)
-    student_logits = predict(result.model, held_out, run_device)
-    num_classes = student_logits.shape[1]
     return DistillResult(
         student=result.model,
-        metrics=classification_metrics(student_logits, target, num_classes, teacher_logits=teacher_logits),
-        teacher_metrics=classification_metrics(teacher_logits, target, num_classes),
+        metrics=score(result.model, held_out, run_device, teacher=teacher),
+        teacher_metrics=score(teacher, held_out, run_device),
         history=result.history,
         lr=result.lr,
         lr_find=result.lr_find,
         balance=result.balance,
     )
+
+
+def run_offline(run: RunContext) -> Outcome:
+    """The offline stages of a recipe run: teach, cache (when the recipe has a cache section), distill, alone."""
+    teacher = run.teach()
+    d = run.recipe.distill
+    if run.resume and run.model_path("student").is_file():
+        source = None  # finished: train_stage loads the student
+    else:
+        source = run.cache(teacher) if run.recipe.cache is not None else LiveTeacher(teacher)
+    student = run.train_stage("distill", "student", run.recipe.student, d.losses, teacher=source, epochs=d.epochs,
+                              batch_transform=augmentation(d.augment))
+    models = {"teacher": teacher, "student": student}
+    if d.baseline:
+        models["alone"] = run.alone()
+    return Outcome("offline", teacher, models, report=False)
 
 
 def _source(teacher: nn.Module | Sequence[nn.Module] | TeacherSource) -> TeacherSource:

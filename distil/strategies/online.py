@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from distil.context import make_model
 from distil.data import as_indexed
 from distil.errors import DistilError
 from distil.methods import CE, KD, Method, Objective
@@ -29,7 +30,7 @@ from distil.strategies.trainer import Trainer, score
 from distil.teachers import as_outputs
 
 if TYPE_CHECKING:
-    from distil.pipeline import Run
+    from distil.context import RunContext
 
 
 def member_key(k: int) -> str:
@@ -106,10 +107,9 @@ def mutual_learning(models: Sequence[nn.Module], train: Dataset, val: Dataset | 
     return MutualResult(members, [score(m, held_out, trainer.device) for m in members], trainer.histories["online"])
 
 
-def run_online(run: Run) -> Outcome:
+def run_online(run: RunContext) -> Outcome:
     """The online strategy in a recipe run: the student, `distill.peers` copies and (with `distill.online_teacher`)
     the teacher architecture train together; the student trained alone is the baseline."""
-    from distil.pipeline import make_model
 
     r, d = run.recipe, run.recipe.distill
     archs = [r.student] * (1 + d.peers) + ([r.teacher] if d.online_teacher else [])
@@ -128,7 +128,7 @@ def run_online(run: Run) -> Outcome:
                              batch_transform=augmentation(d.augment))
         members = list(cohort.members)
         for role, arch, member in zip(roles, archs, members):
-            trainer.save(role, member, arch)
+            run.save_model(role, member, arch)
     models = dict(zip(roles, members))
     if d.baseline:
         models["alone"] = run.alone()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 from torch.utils.data import Dataset
 
+from distil.context import make_model
 from distil.data import as_indexed
 from distil.methods import CE, Method, Objective
 from distil.methods.objective import default_methods
@@ -25,7 +26,7 @@ from distil.strategies.trainer import Trainer, Transform, score
 from distil.teachers import LiveTeacher
 
 if TYPE_CHECKING:
-    from distil.pipeline import Run
+    from distil.context import RunContext
 
 
 def train_generations(trainer: Trainer, build: Callable[[], nn.Module], labels_only: Callable[[], Objective],
@@ -70,10 +71,9 @@ def born_again(build: Callable[[], nn.Module], train: Dataset, val: Dataset | No
                              score(ensemble, held_out, trainer.device))
 
 
-def run_self(run: Run) -> Outcome:
+def run_self(run: RunContext) -> Outcome:
     """The self strategy in a recipe run: generation 0 of the student (saved as the teacher), generations 1..N
     (the last is the student), optionally their ensemble; the report lists each generation."""
-    from distil.pipeline import make_model
 
     r, d = run.recipe, run.recipe.distill
     n = d.generations

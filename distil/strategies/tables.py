@@ -23,9 +23,12 @@ class Outcome:
     data: dict = field(default_factory=dict)
     tables: list[dict] = field(default_factory=list)
     derive: Callable[[dict], list[dict]] | None = None  # tables made from the evaluated results
+    report: bool = True  # False: nothing to add to the report (offline, the plain run)
 
     def annotate(self, results: dict) -> None:
         """Label the evaluated models and add the strategy's numbers and tables to `results`."""
+        if not self.report:
+            return
         for role, label in self.labels.items():
             if role in results.get("models", {}):
                 results["models"][role]["label"] = label

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from distil.context import make_model
 from distil.data import IndexedTensorDataset, Splits, load_dataset
 from distil.engine import predict
 from distil.errors import DistilError
@@ -32,7 +33,7 @@ from distil.strategies.trainer import Trainer
 from distil.teachers import LiveTeacher
 
 if TYPE_CHECKING:
-    from distil.pipeline import Run
+    from distil.context import RunContext
 
 
 def unlabeled(x: Tensor) -> IndexedTensorDataset:
@@ -122,10 +123,9 @@ def unlabeled_pool(splits: Splits, cfg: UnlabeledConfig, data: DataConfig) -> tu
     return splits, unlabeled(torch.cat([other.train.x, other.val.x, other.test.x])), None
 
 
-def run_transfer_set(run: Run) -> Outcome:
+def run_transfer_set(run: RunContext) -> Outcome:
     """The transfer_set strategy in a recipe run: the teacher (and the student alone) learn from the labeled part,
     the student from the teacher's outputs on the pool (after the labeled part with `distill.labeled`)."""
-    from distil.pipeline import make_model
 
     r, d = run.recipe, run.recipe.distill
     run.splits, pool, hidden = unlabeled_pool(run.splits, r.data.unlabeled, r.data)

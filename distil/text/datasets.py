@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from distil.data.registry import encode_labels, register_splits, require_file
-from distil.data.splits import Splits, _split_off, _subset
+from distil.data.splits import Splits, split_off, stratified_subset
 from distil.errors import DistilError
 from distil.recipe import DataConfig, EvalConfig
 
@@ -124,6 +124,7 @@ class TextSplits(Splits):
 
 def load_text_splits(cfg: DataConfig, raw: RawText) -> TextSplits:
     """Limit, split (stratified, `data.split_seed`) and tokenize the texts with `data.text.tokenizer`."""
+    from distil.text.preprocess import tokenizer_spec
     from distil.text.tokenize import TextDataset, encode, load_tokenizer
 
     if cfg.text.tokenizer is None:
@@ -132,18 +133,20 @@ def load_text_splits(cfg: DataConfig, raw: RawText) -> TextSplits:
     if len(raw.texts) < 3:
         raise DistilError(f"data: dataset '{cfg.name}' has {len(raw.texts)} texts; give at least 3.")
     tokenizer = load_tokenizer(cfg.text.tokenizer)
-    keep = _subset(raw.y, cfg.limit, cfg.split_seed)
+    keep = stratified_subset(raw.y, cfg.limit, cfg.split_seed)
     texts, y = [raw.texts[i] for i in keep], raw.y[keep]
-    pool, test = _split_off(np.arange(len(y)), y, max(1, round(cfg.test_fraction * len(y))), cfg.split_seed)
+    pool, test = split_off(np.arange(len(y)), y, max(1, round(cfg.test_fraction * len(y))), cfg.split_seed)
     n_val = min(round(cfg.val_fraction * len(y)), len(pool) - 1)
-    train, val = _split_off(pool, y, n_val, cfg.split_seed)
+    train, val = split_off(pool, y, n_val, cfg.split_seed)
     parts = []
     for idx in (train, val, test):
         ids, lengths = encode(tokenizer, [texts[i] for i in idx], cfg.text.max_length)
         parts.append(TextDataset(ids, torch.from_numpy(y[idx]), lengths, tokenizer.pad_token_id, cfg.text.bucket))
     return TextSplits(train=parts[0], val=parts[1], test=parts[2], num_classes=len(raw.class_names),
                       input_shape=(cfg.text.max_length,), class_names=list(raw.class_names), name=cfg.name,
-                      tokenizer=str(cfg.text.tokenizer))
+                      tokenizer=str(cfg.text.tokenizer),
+                      preprocess=tokenizer_spec(cfg.text.tokenizer, tokenizer, cfg.text.max_length,
+                                                texts[train[0]] if len(train) else None))
 
 
 RAW_READERS = {"rotten_tomatoes": rotten_tomatoes, "bbc_news": bbc_news, "text_csv": text_file,

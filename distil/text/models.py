@@ -18,9 +18,10 @@ from torch import Tensor, nn
 
 from distil.errors import DistilError
 from distil.methods.base import Outputs
+from distil.models.registry import register_builder, register_prefix
 from distil.profile import count_parameters, weight_bytes
 from distil.recipe import ModelConfig
-from distil.text.config import TextModelConfig, hf_folder
+from distil.text.config import HF_PREFIX, TextModelConfig, hf_folder
 from distil.text.tokenize import TextDataset, load_tokenizer, transformers_module
 
 
@@ -334,3 +335,7 @@ TEXT_BUILDERS = {  # name -> (builder, line for `distil models`); text students 
     "bilstm": (build_bilstm, "BiLSTM on the hf: teacher's tokenizer; hidden, text.embeddings: teacher"),
     "textcnn": (build_textcnn, "Kim's TextCNN on the hf: teacher's tokenizer; channels, text.embeddings: teacher"),
 }
+register_prefix(HF_PREFIX, build_hf, "hf:path/to/local/hf/folder",
+                "a local Hugging Face sequence classifier (teacher or student)")
+for _name, (_build, _line) in TEXT_BUILDERS.items():
+    register_builder(_name, _build, _line)

@@ -14,6 +14,7 @@ from torch import Tensor
 from distil.batch import Batch, TensorDict, shard_index
 from distil.data import IndexedTensorDataset
 from distil.errors import DistilError
+from distil.extras import require
 
 BUCKET_BATCHES = 32  # a shuffled chunk of this many batches is sorted by length before it is cut into batches
 IGNORE = -100  # a token-level target that no loss counts (padding, prompt)
@@ -21,11 +22,7 @@ IGNORE = -100  # a token-level target that no loss counts (padding, prompt)
 
 def transformers_module():
     """The `transformers` package, quiet (no progress bars or load reports), or DistilError saying how to install."""
-    try:
-        import transformers
-    except ImportError:
-        raise DistilError("text models need the optional packages transformers and tokenizers; install them with "
-                          "`pip install 'distil[text]'` (or pip install -r requirements.txt).") from None
+    transformers = require("transformers", "text", "text models and tokenizers")
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     return transformers
