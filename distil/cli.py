@@ -78,7 +78,12 @@ def cache(
     if loaded.cache is None:
         raise DistilError("cache: the recipe has no cache section; add `cache: {dtype: fp16}` to it (or pass "
                           "--set cache.dtype=fp16) so that `distil run` reads the same cache.")
-    run_ = Run(loaded, runs_dir, resume=True, quiet=quiet)
+    if loaded.lm is not None:  # a causal-LM recipe: the teacher's token cache (the text extra)
+        from distil.text.lm_run import LMRun
+
+        run_ = LMRun(loaded, runs_dir, resume=True, quiet=quiet)
+    else:
+        run_ = Run(loaded, runs_dir, resume=True, quiet=quiet)
     teacher_cache = run_.cache(run_.teach())
     layout = teacher_cache.layout
     say(f"cache: {teacher_cache.folder} ({layout.samples} samples x {layout.views} views, {layout.dtype}"

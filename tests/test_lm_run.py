@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import yaml
 from cli_runner import run_cli
 
-from distil.cache import CacheBuilder
+from distil.cache import CacheBuilder, read_layout
 from distil.errors import DistilError
 from distil.pipeline import run_recipe
 from distil.recipe import validate_recipe
@@ -42,7 +43,9 @@ def recipe(**sections):
 def test_the_cli_runs_an_lm_recipe_through_the_cache_and_resumes(tmp_path, capsys):
     path = tmp_path / "lm.yaml"
     path.write_text(yaml.safe_dump({**TINY, "cache": {"topk": 8}}))
-    code, out, err = run_cli(["run", str(path), "--runs-dir", tmp_path / "runs"], capsys)
+    code, out, err = run_cli(["cache", str(path), "--runs-dir", tmp_path / "runs"], capsys)  # teacher + cache
+    assert code == 0 and "top-8" in out and (tmp_path / "runs" / "lm" / "models" / "teacher").is_dir(), err
+    code, out, err = run_cli(["run", str(path), "--runs-dir", tmp_path / "runs", "--resume"], capsys)
     assert code == 0, err
     assert "bits/char" in out and "student (alone)" in out
     run = tmp_path / "runs" / "lm"
@@ -132,6 +135,11 @@ def test_one_teacher_cache_serves_a_student_with_another_tokenizer_without_runni
     with pytest.raises(DistilError, match=r"keeps the top 8 per position but cache.topk asks for the top 4"):
         run_recipe(recipe(name="other-k", cache={"topk": 4, "path": shared}, lm={"teacher": {"folder": teacher}}),
                    tmp_path, quiet=True)
+    with pytest.raises(DistilError, match=r"was built with the tokenizer bpe-300 .*but this teacher's tokenizer is "
+                                          r"all-MiniLM-L6-v2 \(30522 tokens.*point cache.path elsewhere"):
+        run_recipe(recipe(name="other-tokenizer", cache={"topk": 8, "path": shared},
+                          lm={"tokenizer": "hf:all-MiniLM-L6-v2"}), tmp_path, quiet=True)
+    assert read_layout(Path(shared)).tokenizer.startswith("bpe-300")  # the shared cache was left as it was
 
 
 def test_empty_lines_are_dropped_and_lines_longer_than_the_context_cut_into_pieces_that_fit(tmp_path):
