@@ -188,6 +188,21 @@ def significantly_below(first: torch.Tensor | None, second: torch.Tensor | None,
     return losses, wins
 
 
+LOGIT_TERMS = {"ce", "kd"}  # the terms the student's predictions are judged by
+
+
+def feature_share(records: Sequence[dict], stage: str = "distill") -> str | None:
+    """The likely cause when terms beyond ce / kd (feature, relation, attention) carry most of the measured
+    gradient at the start of the stage; None otherwise."""
+    norms = next((r["weighted"] for r in records if r.get("stage") == f"{stage}:grad_norms"), None) or {}
+    others = {k: v for k, v in norms.items() if k.rsplit("_", 1)[0] not in LOGIT_TERMS and k not in LOGIT_TERMS}
+    logits = sum(v for k, v in norms.items() if k not in others)
+    if not others or sum(others.values()) <= logits:
+        return None
+    return (f"the terms beyond ce / kd ({', '.join(sorted(others))}) carry most of the gradient; give them a "
+            "smaller ratio (weight: auto, ratio: 0.3) or leave them out")
+
+
 def below_alone(results: dict, causes: Sequence[str], predicted: dict[str, torch.Tensor],
                 target: torch.Tensor) -> str | None:
     """The warning for a distilled student significantly below the same student alone, with the likely causes
@@ -233,6 +248,8 @@ def after_evaluation(run: RunContext, models: dict[str, nn.Module], results: dic
     if dominant:
         warnings.append(dominant)
         causes.append("scale (one loss term swamps the others)")
+    elif (feature := feature_share(records)) is not None:
+        causes.append(feature)
     late = below_alone(results, causes, predicted, target)
     if late:
         warnings.append(late)

@@ -95,6 +95,13 @@ def test_below_alone_needs_more_than_test_noise_and_names_the_cause():
     assert guards.below_alone(results, [], {"student": student, "alone": alone}, target) is None
 
 
+def test_feature_terms_carrying_the_gradient_are_named_as_a_cause():
+    records = [{"stage": "distill:grad_norms", "weighted": {"kd": 0.06, "hidden_mse": 0.095, "attention_kl": 0.13}}]
+    assert "attention_kl, hidden_mse" in guards.feature_share(records)
+    records = [{"stage": "distill:grad_norms", "weighted": {"ce": 0.07, "kd": 0.6, "kd_1": 0.2}}]
+    assert guards.feature_share(records) is None
+
+
 def test_chance_on_test_with_high_training_accuracy_is_named():
     results = {"models": {"student": {"top1": 0.26}, "alone": {"top1": 0.8}}}
     said = guards.chance_checks(results, {"distill": 0.9, "alone": 0.85}, torch.arange(100) % 4)
