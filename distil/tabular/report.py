@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from distil.checkpoint import atomic_write_text
+from distil.tabular.seeds import verdict_lines
 
 LABELS = {"ensemble": "teacher ensemble (mean)", "student": "student (distilled)", "alone": "student (alone)"}
 METRICS = {"binary": [("AUC", "auc"), ("gAUC", "gauc"), ("log-loss", "logloss"), ("ECE", "ece")],
@@ -55,7 +56,8 @@ def render_tabular_text(results: dict) -> str:
     table = rows(results)
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     text = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in table]
-    return "\n".join([*text, *gain_lines(results)])
+    verdict = [line.replace("**", "") for line in verdict_lines(results.get("verdict"))]
+    return "\n".join([*text, *gain_lines(results), *verdict])
 
 
 def render_tabular_markdown(results: dict) -> str:
@@ -74,6 +76,8 @@ def render_tabular_markdown(results: dict) -> str:
               + ", ".join(f"{label(k)} {v:.4f}" for k, v in results["val_scores"].items()) + ").", "",
               "| " + " | ".join(table[0]) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(table[0]) - 2)) + "|",
               *["| " + " | ".join(row) + " |" for row in table[1:]], "", "## Gains", "", *gain_lines(results)]
+    if results.get("verdict"):
+        lines += ["", "## Verdict over paired seeds", "", *verdict_lines(results["verdict"])]
     if "export" in results:
         e = results["export"]
         lines += ["", "## Export", "", f"`{Path(e['path']).name}` takes encoded rows of width {e['input_width']} "
