@@ -53,6 +53,15 @@ def fingerprint(teacher: nn.Module, dataset: IndexedTensorDataset, settings: dic
     return digest.hexdigest()
 
 
+def same_tokens(a: str | None, b: str | None) -> bool:
+    """Whether two tokenizer identities (`name (tokens)`, distil.text.tokenize) name the same tokens: the part in
+    the last parentheses decides, so the same tokenizer loaded from another folder is the same."""
+    def tokens(identity: str | None) -> str | None:
+        return identity[identity.rfind("("):] if identity and identity.endswith(")") else identity
+
+    return tokens(a) == tokens(b)
+
+
 def _crc(array: np.ndarray, block: int, block_rows: int) -> int:
     rows = array[block * block_rows:(block + 1) * block_rows]
     return zlib.crc32(np.ascontiguousarray(rows).view(np.uint8).reshape(-1))
@@ -260,7 +269,8 @@ class CacheBuilder:
 
     def _stale(self, layout: CacheLayout | None) -> bool:
         return layout is None or layout.fingerprint != self.fingerprint or layout.views != self.views \
-            or layout.dtype != self.cfg.dtype or layout.topk != self.cfg.topk or layout.tokenizer != self.tokenizer \
+            or layout.dtype != self.cfg.dtype or layout.topk != self.cfg.topk \
+            or not same_tokens(layout.tokenizer, self.tokenizer) \
             or any(_mapped(self.folder / f"{name}.npy", meta) is None for name, meta in layout.arrays.items())
 
     def build(self) -> CacheLayout:
@@ -339,7 +349,7 @@ def open_cache(folder: Path, expected_fingerprint: str | None = None, verify: bo
     rebuild = f"rebuild it with `distil cache RECIPE` or delete {folder}"
     if layout is None:
         raise DistilError(f"{folder} holds no teacher cache (no readable manifest.json); {rebuild}.")
-    if tokenizer is not None and layout.tokenizer != tokenizer:
+    if tokenizer is not None and not same_tokens(layout.tokenizer, tokenizer):
         raise DistilError(f"the teacher cache in {folder} was built with the tokenizer {layout.tokenizer}, but this "
                           f"teacher's tokenizer is {tokenizer}; {rebuild}, or point cache.path elsewhere.")
     if topk is not False and layout.topk != topk:

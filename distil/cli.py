@@ -78,7 +78,12 @@ def cache(
     if loaded.cache is None:
         raise DistilError("cache: the recipe has no cache section; add `cache: {dtype: fp16}` to it (or pass "
                           "--set cache.dtype=fp16) so that `distil run` reads the same cache.")
-    run_ = Run(loaded, runs_dir, resume=True, quiet=quiet)
+    if loaded.lm is not None:  # a causal-LM recipe: the teacher's token cache (the text extra)
+        from distil.text.lm_run import LMRun
+
+        run_ = LMRun(loaded, runs_dir, resume=True, quiet=quiet)
+    else:
+        run_ = Run(loaded, runs_dir, resume=True, quiet=quiet)
     teacher_cache = run_.cache(run_.teach())
     layout = teacher_cache.layout
     say(f"cache: {teacher_cache.folder} ({layout.samples} samples x {layout.views} views, {layout.dtype}"
@@ -213,6 +218,7 @@ def evaluate(
     from distil.engine import predict, resolve_device, targets_of
     from distil.metrics import classification_metrics
     from distil.profile import profile_model
+    from distil.recipe import EvalConfig
     from distil.report import render_text
 
     if split not in {"train", "val", "test"}:
@@ -232,7 +238,10 @@ def evaluate(
     run_device = resolve_device("cpu" if meta.get("quantized") else device)  # int8 kernels run on the CPU
     model = model.to(run_device)
     metrics = classification_metrics(predict(model, dataset, run_device), targets_of(dataset), splits.num_classes)
-    metrics.update(profile_model(model, splits.input_shape, run_device))
+    if hasattr(splits, "profile"):  # text: timed on real tokenized test sentences, as a run does
+        metrics.update(splits.profile(model, run_device, EvalConfig()))
+    else:
+        metrics.update(profile_model(model, splits.input_shape, run_device))
     typer.echo(render_text({"models": {"model": {"label": model_file.name, **metrics}}}))
 
 
@@ -263,14 +272,19 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. runs
     from distil.report import load_results, write_report
 
     results = load_results(run_dir)
-    if "task" in results and "distilled_from" in results:  # a tabular run: its own report and table
+    if results.get("kind") == "lm":  # a causal-LM run (the text extra) has its own report
+        from distil.text.lm_report import render_lm_table, write_lm_report
+
+        path = write_lm_report(run_dir, results)
+        say(render_lm_table(results))
+    elif "task" in results and "distilled_from" in results:  # a tabular run: its own report and table
         from distil.tabular.report import render_tabular_text, write_tabular_report
 
+        path = write_tabular_report(run_dir, results)
         say(render_tabular_text(results))
-        say(f"report: {write_tabular_report(run_dir, results)}")
-        return
-    path = write_report(run_dir, results)
-    say(summary(results))
+    else:
+        path = write_report(run_dir, results)
+        say(summary(results))
     say(f"report: {path}")
 
 

@@ -27,7 +27,16 @@ from distil.methods.objective import Objective
 from distil.recipe import CacheConfig, TrainConfig
 from distil.teachers import LiveTeacher, TeacherSource
 from distil.text.lm_losses import LMCE
-from distil.text.tokenize import IGNORE, TextDataset, load_tokenizer, pad_ids, tokenizer_identity, transformers_module
+from distil.text.tokenize import (
+    IGNORE,
+    TextDataset,
+    load_tokenizer,
+    pad_ids,
+    tokenizer_difference,
+    tokenizer_identity,
+    tokenizer_tokens,
+    transformers_module,
+)
 
 CROSS_TOKENIZER_LOSSES = ("uld", "gold")
 
@@ -75,7 +84,7 @@ def same_tokenizer(teacher: CausalLM, student: CausalLM) -> bool:
     """Whether both models read the same tokens (same vocabulary and special tokens; unknown counts as same)."""
     if teacher.tokenizer is None or student.tokenizer is None:
         return True
-    return tokenizer_identity(teacher.tokenizer) == tokenizer_identity(student.tokenizer)
+    return tokenizer_tokens(teacher.tokenizer) == tokenizer_tokens(student.tokenizer)
 
 
 def reconcile_vocab(teacher: CausalLM, student: CausalLM) -> None:
@@ -84,7 +93,8 @@ def reconcile_vocab(teacher: CausalLM, student: CausalLM) -> None:
     naming both tokenizers and the way out."""
     if not same_tokenizer(teacher, student):
         t, s = tokenizer_identity(teacher.tokenizer), tokenizer_identity(student.tokenizer)
-        raise DistilError(f"the teacher and student tokenizers differ (teacher: {t}; student: {s}); token-level "
+        how = tokenizer_difference(teacher.tokenizer, student.tokenizer)
+        raise DistilError(f"the teacher and student tokenizers differ (teacher: {t}; student: {s}: {how}); token-level "
                           "losses need one tokenizer: give the student the teacher's tokenizer, or use a "
                           f"cross-tokenizer loss ({' / '.join(CROSS_TOKENIZER_LOSSES)}) in distill.losses.")
     if teacher.vocab_size == student.vocab_size:
@@ -153,15 +163,21 @@ def lm_dataset(tokenizer, texts: Sequence[str], max_length: int, prompts: Sequen
 
 
 def split_long_texts(tokenizer, texts: Sequence[str], max_tokens: int) -> list[str]:
-    """Texts of more than `max_tokens` tokens cut at token boundaries into pieces that fit (no text is lost)."""
+    """Texts of more than `max_tokens` tokens cut into pieces that fit, at the last word boundary that fits (at a
+    token boundary inside a longer word); no text is lost."""
     _, offsets = _tokens(tokenizer, texts)
     out = []
     for text, spans in zip(texts, offsets):
         if len(spans) <= max_tokens:
             out.append(text)
             continue
-        cuts = [spans[i][0] for i in range(0, len(spans), max_tokens)] + [len(text)]
-        out += [text[a:b].strip() for a, b in zip(cuts, cuts[1:]) if text[a:b].strip()]
+        word_starts = {k for k, (a, _) in enumerate(spans) if a > 0 and text[a - 1].isspace()}
+        cuts, first = [0], 0
+        while len(spans) - first > max_tokens:
+            first = next((k for k in range(first + max_tokens, first, -1) if k in word_starts), first + max_tokens)
+            cuts.append(spans[first][0])
+        pieces = [text[a:b].strip() for a, b in zip(cuts, cuts[1:] + [len(text)]) if text[a:b].strip()]
+        out += split_long_texts(tokenizer, pieces, max_tokens) if len(pieces) > 1 else pieces
     return out
 
 
@@ -213,7 +229,7 @@ def perplexity(model: nn.Module, dataset: TextDataset, device: str | torch.devic
 
 def token_cache_settings(teacher: CausalLM, cfg: CacheConfig) -> dict:
     """What shapes a token cache besides the teacher's weights and the data: its tokenizer, k and storage."""
-    return {"kind": "tokens", "tokenizer": tokenizer_identity(teacher.tokenizer) if teacher.tokenizer else None,
+    return {"kind": "tokens", "tokenizer": tokenizer_tokens(teacher.tokenizer) if teacher.tokenizer else None,
             "topk": cfg.topk, "dtype": cfg.dtype, "vocab": teacher.vocab_size}
 
 

@@ -55,7 +55,10 @@ def resolve_tokenizer(spec: str, field: str, run_dir: Path, train_texts: Sequenc
             return load_tokenizer(folder, field=field)
         return train_bpe(train_texts, bpe_vocab, folder)
     folder = hf_folder(spec) or spec
-    return load_tokenizer(folder, field=field)
+    tokenizer = load_tokenizer(folder, field=field)
+    if spec.startswith("hf:") and "/" not in spec:  # a packaged alias: named as the recipe names it
+        tokenizer.name_or_path = spec.removeprefix("hf:")
+    return tokenizer
 
 
 def build_causal_lm(cfg: LMModelConfig, tokenizer, positions: int, seed: int) -> CausalLM:

@@ -30,6 +30,13 @@ class Samples:
         """The split tokenized for language modelling (a start token, character spans, prompts masked)."""
         return lm_dataset(tokenizer, self.texts, max_length, prompts=self.prompts, bos=True)
 
+    def overflow(self, tokenizer, max_length: int) -> int:
+        """How many samples `tokenizer` needs more than `max_length` tokens for (a start token and prompt
+        included): `dataset` truncates those."""
+        texts = [p + t for p, t in zip(self.prompts, self.texts)] if self.prompts is not None else self.texts
+        ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        return sum(len(i) + 1 > max_length for i in ids)
+
 
 @dataclass
 class Corpus:
@@ -54,7 +61,11 @@ def _lines(documents: Sequence[str]) -> tuple[list[tuple[int, str]], int]:
 
 def load_corpus(data: DataConfig, lm: LMConfig, tokenizers: Sequence) -> Corpus:
     """Read `data.name`, split its documents (seeded by data.split_seed), and make samples that fit `lm.max_length`
-    tokens for every tokenizer (a start token and the prompt included)."""
+    tokens (a start token and the prompt included).
+
+    The training split fits the first tokenizer (the teacher's) alone, so that its samples, and the teacher cache
+    over them, are the same whichever student reads them (a student tokenizer needing more tokens sees a piece
+    truncated); the val and test splits fit every tokenizer, so every model scores the whole held-out text."""
     if data.name not in RAW_READERS:
         raise DistilError(f"data.name: '{data.name}' is not a text corpus; language models read "
                           f"{', '.join(sorted(RAW_READERS))}.")
@@ -76,13 +87,14 @@ def load_corpus(data: DataConfig, lm: LMConfig, tokenizers: Sequence) -> Corpus:
         labels = [raw.class_names[int(raw.y[docs[d]])] for d, _ in lines]
         texts = [line for _, line in lines]
         prompts = [lm.prompt.replace("{label}", label) for label in labels] if lm.prompt is not None else None
-        budget = lm.max_length - 1 - max((len(t(p, add_special_tokens=False)["input_ids"]) for t in tokenizers
+        fit = tokenizers[:1] if split == "train" else tokenizers
+        budget = lm.max_length - 1 - max((len(t(p, add_special_tokens=False)["input_ids"]) for t in fit
                                          for p in set(prompts or [""])), default=0)
         if budget < 4:
             raise DistilError(f"lm.prompt: the prompt takes nearly all of lm.max_length ({lm.max_length} tokens); "
                               "shorten it or raise max_length.")
         samples = texts
-        for tokenizer in tokenizers:
+        for tokenizer in fit:
             if prompts is None:
                 samples = split_long_texts(tokenizer, samples, budget)
             else:  # a cut line keeps its prompt on every piece
@@ -90,7 +102,7 @@ def load_corpus(data: DataConfig, lm: LMConfig, tokenizers: Sequence) -> Corpus:
                 prompts, samples = [p for p, _ in pieces], [s for _, s in pieces]
         cut += len(samples) - len(texts)
         if lm.packing:
-            samples = pack_texts(tokenizers, samples, budget)
+            samples = pack_texts(fit, samples, budget)
         if not samples:
             raise DistilError(f"data: the {split} split of '{data.name}' has no non-empty line; give more text.")
         splits[split] = Samples(samples, prompts)

@@ -39,7 +39,14 @@ from distil.text.lm_build import build_causal_lm, load_saved, resolve_tokenizer,
 from distil.text.lm_corpus import Corpus, load_corpus
 from distil.text.lm_eval import generation_speed, score_lm, size_of
 from distil.text.lm_losses import GOLD
-from distil.text.tokenize import TextDataset, load_tokenizer, tokenizer_identity
+from distil.text.lm_report import render_lm_table, write_lm_report
+from distil.text.tokenize import (
+    TextDataset,
+    load_tokenizer,
+    tokenizer_difference,
+    tokenizer_identity,
+    tokenizer_tokens,
+)
 
 log = logging.getLogger("distil")
 RENAMED = {"ce": "lm_ce", "kd": "fkl"}  # classification terms and their token-level equivalents
@@ -75,7 +82,7 @@ class LMRun:
         self.teacher_tok = self._teacher_tokenizer()
         self.student_tok = self._tokenizer(self.lm.student_tokenizer, "lm.student_tokenizer") \
             if self.lm.student_tokenizer else self.teacher_tok
-        self.cross = tokenizer_identity(self.teacher_tok) != tokenizer_identity(self.student_tok)
+        self.cross = tokenizer_tokens(self.teacher_tok) != tokenizer_tokens(self.student_tok)
         tokenizers = [self.teacher_tok, self.student_tok] if self.cross else [self.teacher_tok]
         self.corpus: Corpus = load_corpus(recipe.data, self.lm, tokenizers)
         self.data = {role: {split: s.dataset(tok, self.lm.max_length) for split, s in self.corpus.splits.items()}
@@ -114,10 +121,11 @@ class LMRun:
         teacher_terms = [n for n in names if method_class(n).needs_teacher]
         if self.cross and any(n not in CROSS_TOKENIZER_LOSSES for n in teacher_terms):
             t, s = tokenizer_identity(self.teacher_tok), tokenizer_identity(self.student_tok)
-            raise DistilError(f"distill.losses: the teacher's tokenizer ({t}) and the student's ({s}) differ, and "
-                              f"{[n for n in teacher_terms if n not in CROSS_TOKENIZER_LOSSES]} compares "
+            how = tokenizer_difference(self.teacher_tok, self.student_tok)
+            raise DistilError(f"distill.losses: the teacher's tokenizer ({t}) and the student's ({s}) differ "
+                              f"({how}), and {[n for n in teacher_terms if n not in CROSS_TOKENIZER_LOSSES]} compares "
                               "distributions over one vocabulary; use uld or gold (with ce), or give the student "
-                              "the teacher's tokenizer.")
+                              "the teacher's tokenizer (drop lm.student_tokenizer).")
         if self.lm.on_policy and (self.cross or self.recipe.cache is not None):
             raise DistilError("lm.on_policy: the student's own samples need the live teacher on the student's "
                               "tokenizer; drop the cache section and lm.student_tokenizer, or set on_policy: 0.")
@@ -157,7 +165,7 @@ class LMRun:
     def cache(self, teacher: CausalLM) -> TeacherCache:
         """The teacher's top-k tokens (and their character spans) over the training split, in distil.cache."""
         c = self.recipe.cache
-        folder = Path(c.path) if c.path else self.dir / "cache"
+        folder = self.cache_folder
         data = self.data["teacher"]["train"]
         identity = tokenizer_identity(self.teacher_tok)
         expected = fingerprint(teacher, data, token_cache_settings(teacher, c))
@@ -168,6 +176,12 @@ class LMRun:
                      quiet=self.quiet, tokenizer=identity).build()
         self.timings["cache"] = time.perf_counter() - started
         return open_cache(folder, expected, verify=False, tokenizer=identity, topk=c.topk)
+
+    @property
+    def cache_folder(self) -> Path:
+        """Where the teacher's token cache lives: cache.path (shared between runs), else the run's cache/."""
+        path = self.recipe.cache.path if self.recipe.cache is not None else None
+        return Path(path) if path else self.dir / "cache"
 
     def _student(self) -> CausalLM:
         return build_causal_lm(self.lm.student, self.student_tok, self.lm.max_length, self.recipe.seed + 1)
@@ -233,65 +247,24 @@ class LMRun:
         results = {"name": self.recipe.name, "kind": "lm", "dataset": self.recipe.data.name,
                    "device": str(self.device), "models": self.evaluate(models), "timings_s": self.timings,
                    "corpus": {split: len(s.texts) for split, s in self.corpus.splits.items()}
-                   | {"empty_lines_dropped": self.corpus.empty_lines, "long_lines_cut": self.corpus.cut_lines},
+                   | {"empty_lines_dropped": self.corpus.empty_lines, "long_lines_cut": self.corpus.cut_lines,
+                      "student_truncated": self.corpus.splits["train"].overflow(self.student_tok, self.lm.max_length)
+                      if self.cross else 0},
                    "losses": [t.model_dump() for t in lm_terms(self.recipe)]}
-        if self.recipe.cache is not None and (layout := read_layout(self.dir / "cache")) is not None:
-            results["cache"] = cache_summary(self.dir / "cache", layout)
+        if self.recipe.cache is not None and (layout := read_layout(self.cache_folder)) is not None:
+            results["cache"] = cache_summary(self.cache_folder, layout) | {"aligned": self.cross}
         checkpoint.atomic_write_text(self.dir / "results.json", json.dumps(results, indent=1))
-        text = render_lm_table(results)
-        checkpoint.atomic_write_text(self.dir / "report.md", render_lm_report(results, text))
         self.log.close()
-        return LMRunResult(self.dir, results, text)
+        write_lm_report(self.dir, results)
+        return LMRunResult(self.dir, results, render_lm_table(results))
 
 
 def cache_summary(folder: Path, layout) -> dict:
     """Bytes on disk and bytes per stored position of a token cache."""
     size = sum(f.stat().st_size for f in folder.glob("*.npy"))
     positions = layout.rows * (layout.positions or 1)
-    return {"bytes": size, "bytes_per_token": size / max(1, positions), "topk": layout.topk,
+    return {"folder": str(folder), "bytes": size, "bytes_per_token": size / max(1, positions), "topk": layout.topk,
             "tokenizer": layout.tokenizer}
-
-
-COLUMNS = ["model", "params", "size", "ppl", "bits/char", "next-token acc", "agree(T)", "gen tok/s", "tokenizer"]
-
-
-def render_lm_table(results: dict) -> str:
-    """The side-by-side table as aligned text."""
-    from distil.report import human
-
-    rows = [COLUMNS]
-    for m in results["models"].values():
-        rows.append([m["label"], human(m["params"]), human(m["bytes"], "B", 1024.0), f"{m['perplexity']:.2f}",
-                     f"{m['bits_per_char']:.3f}", f"{m['next_token_acc'] * 100:.2f}%",
-                     f"{m['agreement'] * 100:.2f}%" if "agreement" in m else "-", f"{m['tokens_per_s']:.0f}",
-                     m["tokenizer"].split(" (")[0]])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
-    return "\n".join("  ".join(c.ljust(w) if i in (0, len(COLUMNS) - 1) else c.rjust(w)
-                               for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
-
-
-def render_lm_report(results: dict, table: str) -> str:
-    """report.md of a causal-LM run."""
-    models = results["models"]
-    lines = [f"# {results['name']}: causal-LM distillation on {results['dataset']}", "", "```", table, "```", ""]
-    if "alone" in models:
-        gain = models["alone"]["bits_per_char"] - models["student"]["bits_per_char"]
-        lines.append(f"- distilled vs the same student alone: {gain:+.4f} bits per character saved "
-                     "(held-out; bits per character compare across tokenizers)")
-    terms = ", ".join(f"{t['name']} x{t['weight']}" for t in results["losses"])
-    lines.append(f"- losses: {terms}")
-    corpus = results["corpus"]
-    lines.append(f"- corpus: {corpus['train']} / {corpus['val']} / {corpus['test']} samples (train / val / test); "
-                 f"{corpus['empty_lines_dropped']} empty lines dropped, {corpus['long_lines_cut']} extra pieces from "
-                 "lines longer than the context")
-    if "cache" in results:
-        c = results["cache"]
-        lines.append(f"- teacher cache: top-{c['topk']}, {c['bytes'] / 1e6:.2f} MB, {c['bytes_per_token']:.0f} "
-                     f"bytes per position, tokenizer {c['tokenizer']}")
-    timings = ", ".join(f"{k} {v:.1f} s" for k, v in results["timings_s"].items())
-    if timings:
-        lines.append(f"- time: {timings}")
-    return "\n".join(lines) + "\n"
 
 
 def run_lm(recipe: Recipe, runs_dir: Path | str = "runs", *, resume: bool = False, overwrite: bool = False,

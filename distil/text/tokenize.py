@@ -40,6 +40,10 @@ def load_tokenizer(folder: str | Path, field: str = "data.text.tokenizer"):
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise DistilError(f"{field}: no tokenizer could be loaded from {path} ({first}); give a folder with "
                           "tokenizer.json or the tokenizer files of a Hugging Face model.") from None
+    if not set(tokenizer.get_vocab().values()) - set(tokenizer.all_special_ids):
+        raise DistilError(f"{field}: the tokenizer in {path} has only its {len(tokenizer)} special tokens, so its "
+                          "vocabulary file is missing; give the folder tokenizer.json (or vocab.txt, or vocab.json "
+                          "with merges.txt) beside tokenizer_config.json.")
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token_id is None:
             raise DistilError(f"{field}: the tokenizer in {path} has neither a pad nor an eos token; add a pad token.")
@@ -47,13 +51,29 @@ def load_tokenizer(folder: str | Path, field: str = "data.text.tokenizer"):
     return tokenizer
 
 
-def tokenizer_identity(tokenizer) -> str:
-    """A tokenizer's name, size and a hash of its vocabulary and special tokens: equal only for the same tokens."""
+def tokenizer_tokens(tokenizer) -> str:
+    """A tokenizer's size and a hash of its vocabulary and special tokens: equal exactly for the same tokens,
+    wherever the tokenizer was loaded from."""
     vocab = sorted(tokenizer.get_vocab().items())
     special = sorted((str(k), str(v)) for k, v in tokenizer.special_tokens_map.items())
     digest = hashlib.sha256(json.dumps([vocab, special]).encode()).hexdigest()[:12]
+    return f"{len(tokenizer)} tokens, sha256 {digest}"
+
+
+def tokenizer_difference(first, second) -> str:
+    """How two tokenizers differ, in words: their vocabularies, or (same vocabulary) their special tokens."""
+    a, b = first.get_vocab(), second.get_vocab()
+    if a != b:
+        return f"their vocabularies differ ({len(a)} and {len(b)} tokens, {len(a.items() & b.items())} the same)"
+    def special(tokenizer) -> str:
+        return ", ".join(f"{k} {v!r}" for k, v in sorted(tokenizer.special_tokens_map.items()))
+    return f"the same vocabulary, but other special tokens ({special(first)} vs {special(second)})"
+
+
+def tokenizer_identity(tokenizer) -> str:
+    """`name (tokens)`: the tokenizer's folder name for people and `tokenizer_tokens` in parentheses for checks."""
     name = Path(str(tokenizer.name_or_path)).name or type(tokenizer).__name__
-    return f"{name} ({len(tokenizer)} tokens, sha256 {digest})"
+    return f"{name} ({tokenizer_tokens(tokenizer)})"
 
 
 def encode(tokenizer, texts: Sequence[str], max_length: int) -> tuple[Tensor, Tensor]:
