@@ -29,6 +29,7 @@ from distil.tabular.models import Ensemble, build_tabular, tabular_model_spec
 from distil.tabular.records import records_spec
 from distil.tabular.report import label, render_tabular_text, write_tabular_report
 from distil.tabular.seeds import check_seeds, paired_seed_rows, seeds_verdict
+from distil.tabular.transparent import transparent_students
 from distil.teachers import LiveTeacher
 
 log = logging.getLogger("distil")
@@ -162,6 +163,9 @@ class TabularRun:
             rows = paired_seed_rows(self, results["models"])
             results["verdict"] = seeds_verdict(rows, self.task)
             self.log.write({"stage": "verdict", **results["verdict"]})
+        if self.cfg.transparent:
+            results["transparent"] = transparent_students(self.splits, self.source, self.cfg.transparent,
+                                                          self.device, self.recipe.seed)
         if self.cfg.export:
             meta = checkpoint.model_metadata(**self.file_metadata("student", self.cfg.student, teacher=False))
             results["export"] = export_student(models["student"], self.splits, self.dir / "models" / "student.onnx",
