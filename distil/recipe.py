@@ -95,6 +95,8 @@ class ModelConfig(StrictModel):
                                 "(default: the zoo name's, e.g. mobilenetv2 0.25, mobilenetv2_x1 1.0)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     text: TextModelConfig | None = None
+    tabular: dict | None = Field(None, description="written by distil into tabular model files (architecture and "
+                                 "field layout); recipes name tabular models in the tabular: section")
 
 
 class TeacherConfig(ModelConfig):

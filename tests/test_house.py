@@ -20,7 +20,7 @@ FLOORS = {
     1: ("distil.explain.soft_tree", "distil.explain.students"),  # models that live beside the explain stage
     2: ("distil.context", "distil.strategies", "distil.compress", "distil.explain", "distil.report",
         "distil.report_table", "distil.report_html", "distil.report_settings", "distil.card", "distil.guards",
-        "distil.text.lm_report"),
+        "distil.text.lm_report", "distil.tabular.transparent"),
     3: ("distil.pipeline", "distil.text.lm_run", "distil.tabular.run", "distil.seeds"),
     4: ("distil.cli", "distil.serve", "distil.sweep", "distil.starter", "distil.__main__"),
 }
