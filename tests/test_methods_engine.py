@@ -69,7 +69,7 @@ def test_a_methods_own_stage_runs_first_and_is_logged_apart(name, tmp_path):
     method = method_class(name)(**{**TAPS[name], "init_epochs": 2}, weight=0.0)
     run = fit(Objective([method_class("ce")(), method]), student, resnet("resnet14", seed=1), log=log)
     run.run()
-    stages = [(r["stage"], r["epoch"]) for r in log.records()]
+    stages = [(r["stage"], r["epoch"]) for r in log.records() if "epoch" in r]
     assert stages == [(f"distill:{name}", 1), (f"distill:{name}", 2), ("distill", 1)]
     if name == "ft":
         assert all(not p.requires_grad for p in method.encoder.parameters())  # frozen again after its stage
