@@ -381,8 +381,8 @@ class Fit:
     def _term_gradients(self, model: nn.Module, objective: Objective) -> dict[str, float] | None:
         """Each term's weighted gradient norm on the student at the start (mean of calibrate.BALANCE_BATCHES
         batches), for distil.guards to name a term that swamps the others; None for a single-term objective."""
-        if len(objective.methods) < 2:
-            return None
+        if len(objective.methods) < 2 or type(objective).forward is not Objective.forward:
+            return None  # a strategy's own objective (online peers) feeds its terms itself
         names = objective.term_names()
         sums = dict.fromkeys(names, 0.0)
         with self._rehearsal(model, objective):
