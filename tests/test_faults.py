@@ -223,3 +223,10 @@ def test_resume_of_a_constant_or_scheduled_lr_ends_like_the_uninterrupted_run(tm
     for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
         assert torch.equal(a, b)
     assert [r["lr"] for r in straight.history] == [r["lr"] for r in resumed.history]
+
+
+def test_files_written_atomically_get_the_mode_open_would_give(tmp_path):
+    path, plain = tmp_path / "report.html", tmp_path / "plain.html"
+    checkpoint.atomic_write_text(path, "<html></html>")
+    plain.write_text("<html></html>")  # not mkstemp's 0600
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == checkpoint.FILE_MODE
