@@ -112,10 +112,10 @@ def main() -> None:
     runs = Path(tempfile.mkdtemp(prefix="lm-bench-"))
     rows: dict[str, list[float]] = {}
     costs: dict[str, list[dict]] = {}
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for seed in range(args.seeds):
         one_seed(seed, args.limit, runs, rows, costs)
-    write(rows, costs, args, time.perf_counter() - started)
+    write(rows, costs, args, time.perf_counter() - started, time.process_time() - cpu)
 
 
 def median(costs: list[dict], key: str) -> float:
@@ -123,12 +123,13 @@ def median(costs: list[dict], key: str) -> float:
     return statistics.median(c[key] for c in costs)
 
 
-def write(rows: dict[str, list[float]], costs: dict[str, list[dict]], args, wall: float) -> None:
+def write(rows: dict[str, list[float]], costs: dict[str, list[dict]], args, wall: float, cpu: float) -> None:
     """benchmarks/results/lm.md from the measured rows and costs."""
     alone = statistics.median(rows["student alone (BPE, 1x32)"])
     lines = ["# Causal-LM distillation (benchmarks/lm.py)", "",
              f"`nice -n 10 .venv/bin/python benchmarks/lm.py --seeds {args.seeds} --limit {args.limit}` "
-             f"({wall / 60:.1f} minutes wall): Rotten Tomatoes lines ({args.limit} snippets, 70/10/20 split), "
+             f"({wall / 60:.1f} minutes wall, {cpu / 60:.1f} CPU-minutes): Rotten Tomatoes lines "
+             f"({args.limit} snippets, 70/10/20 split), "
              "GPT-2-style models built from a config (teacher 2 layers x 96, students 1 layer x 32; 15 teacher and 4 "
              "student epochs), a byte-level BPE of 1,000 tokens trained on the training split, seeds "
              f"0..{args.seeds - 1} (the seed changes the teacher, the student's initialisation and the batch "
@@ -157,7 +158,7 @@ def write(rows: dict[str, list[float]], costs: dict[str, list[dict]], args, wall
     for name, values in costs.items():
         cached = values[0]["bytes"] is not None
         built = [c["cache_s"] for c in values if c["cache_s"] is not None]
-        lines.append(f"| {name} | {statistics.median(built) if built else 0:.1f} | "
+        lines.append(f"| {name} | {f'{statistics.median(built):.1f}' if built else '-'} | "
                      + (f"{median(values, 'bytes_per_token'):.0f} | {median(values, 'bytes') / 1e6:.2f}"
                         if cached else "live teacher | -") + f" | {median(values, 'distill_s'):.1f} |")
     lines += ["", "A cache position stores k fp16 log-probabilities, k token ids (uint16 for vocabularies up to "
