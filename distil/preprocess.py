@@ -150,17 +150,22 @@ class Standardize(Preprocessor):
         return to_float32((numeric_array(items, self.input_shape) - self.mean) / self.std)
 
 
-def standardize_spec(train: np.ndarray, mean: np.ndarray, std: np.ndarray) -> dict:
+def standardize_spec(train: np.ndarray, mean: np.ndarray, std: np.ndarray, raw_scale: float = 1.0) -> dict:
     """The "standardize" spec of a loader that standardized with `mean` and `std` (keepdims arrays of the train
-    split's statistics); its example is the first raw training sample."""
+    split's statistics), in raw units: the loader had divided the raw values by `raw_scale` (digits 16, pixels
+    255), so clients send values as the dataset holds them. Its example is the first raw training sample."""
     per = "feature" if train.ndim == 2 else "channel"
-    return {"kind": "standardize", "per": per, "mean": _rounded(mean.ravel()), "std": _rounded(std.ravel()),
-            "example": _rounded(train[0]) if len(train) else None}
+    return {"kind": "standardize", "per": per, "mean": _rounded(mean.ravel() * raw_scale),
+            "std": _rounded(std.ravel() * raw_scale),
+            "example": _rounded(train[0] * raw_scale) if len(train) else None}
 
 
-def identity_spec(train: np.ndarray) -> dict:
-    """The "identity" spec of a loader that applied nothing; its example is the first training sample."""
-    return {"kind": "identity", "example": _rounded(train[0]) if len(train) else None}
+def identity_spec(train: np.ndarray, raw_scale: float = 1.0) -> dict:
+    """The spec of a loader that applied nothing but a division by `raw_scale` ("identity" when that is 1, else
+    "standardize" with mean 0 and std `raw_scale`); its example is the first raw training sample."""
+    if raw_scale == 1.0:
+        return {"kind": "identity", "example": _rounded(train[0]) if len(train) else None}
+    return standardize_spec(train, np.zeros(1), np.ones(1), raw_scale)
 
 
 def _older_spec(described: object) -> dict:

@@ -35,6 +35,7 @@ from distil.serve_guard import Guard, short
 
 BACKENDS = ("auto", "onnx", "torch")
 TOKEN_ENV = "DISTIL_SERVE_TOKEN"
+FLOAT32_MAX = 3.4e38  # raw numbers beyond it are refused (422)
 log = logging.getLogger("distil")
 
 
@@ -219,9 +220,22 @@ def is_json(content_type: str) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
+def item_schema(pre: Preprocessor) -> dict:
+    """The JSON schema of one raw input: a string (text), an object (a record) or nested arrays of numbers."""
+    example = pre.example()
+    if isinstance(example, str):
+        return {"type": "string"}
+    if isinstance(example, dict):
+        return {"type": "object"}
+    schema: dict = {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
+    for size in reversed(pre.input_shape):
+        schema = {"type": "array", "minItems": size, "maxItems": size, "items": schema}
+    return schema
+
+
 def request_schema(pre: Preprocessor, max_batch: int) -> dict:
     """The OpenAPI request body of POST /predict (for clients and schema-driven fuzzers)."""
-    item = {"type": "string"} if isinstance(pre.example(), str) else {}
+    item = item_schema(pre)
     return {"required": True, "content": {"application/json": {"schema": {
         "type": "object", "required": [pre.field], "additionalProperties": False,
         "properties": {pre.field: {"type": "array", "minItems": 1, "maxItems": max_batch, "items": item}}},
@@ -258,7 +272,8 @@ def create_app(served: Served, cfg: ServeConfig, token: str | None = None, *, op
         return JSONResponse({"detail": f"inference failed ({type(exc).__name__}); the server keeps serving."},
                             status_code=500)
 
-    @app.api_route("/health", methods=["GET", "HEAD"])
+    @app.get("/health")
+    @app.head("/health", operation_id="health_head")
     async def health() -> dict:
         return {"status": "ok"}
 

@@ -5,8 +5,6 @@ import hashlib
 import http.client
 import json
 import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from cli_runner import run_cli
+from serve_client import BODY_TIMEOUT, MAX_BATCH, MAX_BODY, Server
 
 import distil
 from distil.compress.files import load_any
@@ -24,62 +23,6 @@ from distil.preprocess import Preprocessor
 from distil.recipe import load_recipe
 from distil.serve import is_loopback, serve_config, softmax
 from distil.serve_batch import MicroBatcher
-
-MAX_BATCH, MAX_BODY, BODY_TIMEOUT = 16, 60_000, 1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A `distil serve` subprocess and a way to call it."""
-
-    def __init__(self, target: Path, log: Path, *extra: str) -> None:
-        self.port = free_port()
-        self.log = log.open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "distil", "serve", str(target), "--port", str(self.port), "--max-batch",
-             str(MAX_BATCH), "--max-body-bytes", str(MAX_BODY), "--body-timeout-s", str(BODY_TIMEOUT),
-             *extra], stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if self.call("GET", "/health")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert self.proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.2)
-
-    def call(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
-             conn: http.client.HTTPConnection | None = None) -> tuple[int, dict]:
-        own = conn is None
-        conn = conn or http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            raw = response.read()
-            return response.status, json.loads(raw) if raw else {}
-        finally:
-            if own:
-                conn.close()
-
-    def predict(self, inputs, conn=None, headers=None) -> tuple[int, dict]:
-        return self.call("POST", "/predict", json.dumps({"inputs": inputs}).encode(),
-                         {"Content-Type": "application/json", **(headers or {})}, conn=conn)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +45,9 @@ def onnx_server(run_dir):
 
 @pytest.fixture(scope="module")
 def test_inputs(run_dir):
-    """Raw test inputs (digits in their natural range, 0..1 as the loader yields them), as a client sends them."""
+    """Raw test inputs (digits in their natural range, 0..16 as scikit-learn holds them), as a client sends them."""
     data = load_recipe(run_dir / "recipe.yaml").data
-    return load_dataset(data.model_copy(update={"normalize": False})).test.x[:64]
+    return load_dataset(data.model_copy(update={"normalize": False})).test.x[:64] * 16
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +74,8 @@ def test_health_and_metadata(onnx_server, run_dir):
 def test_the_example_in_metadata_works_when_pasted(onnx_server):
     meta = onnx_server.call("GET", "/metadata")[1]
     example = np.asarray(meta["request"]["body"]["inputs"])
-    assert example.shape == (1, 1, 8, 8) and example.min() == 0 and example.max() > 0.5  # a raw digit (0..1)
+    assert example.shape == (1, 1, 8, 8) and example.min() == 0 and example.max() > 8  # a raw digit (0..16)
+    assert (example == example.round()).all()  # whole numbers, as scikit-learn's digits hold them
     status, out = onnx_server.call("POST", "/predict", json.dumps(meta["request"]["body"]).encode(),
                                    {"Content-Type": "application/json"})
     assert status == 200 and len(out["classes"]) == 1
@@ -156,7 +100,7 @@ BAD_BODIES = {
     "ragged": (json.dumps({"inputs": [[[[0.0] * 8] * 8], [[[0.0] * 7] * 8]]}).encode(), 422, "rectangular"),
     "strings": (json.dumps({"inputs": [[[["a"] * 8] * 8]]}).encode(), 422, "only numbers"),
     "NaN": (b'{"inputs": [[[' + b",".join([b"[NaN" + b", 0" * 7 + b"]"] * 8) + b"]]]}", 422, "NaN"),
-    "beyond float32": (json.dumps({"inputs": [[[[3e38] * 8] * 8]]}).encode(), 422, "float32"),
+    "beyond float32": (json.dumps({"inputs": [[[[1e300] * 8] * 8]]}).encode(), 422, "float32"),
     "empty batch": (b'{"inputs": []}', 422, "non-empty"),
     "batch over the limit": (json.dumps({"inputs": [[[[0.0] * 8] * 8]] * (MAX_BATCH + 1)}).encode(), 413,
                              f"limit of {MAX_BATCH}"),

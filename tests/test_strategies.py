@@ -123,13 +123,27 @@ def test_ensemble_maps_teacher_classes_and_feeds_the_engine():
     wide, narrow = nn.Linear(3, 4), nn.Linear(3, 2)
     ensemble = Ensemble([wide, narrow], "mean", classes=[None, [3, 1]], num_classes=4)
     x = torch.randn(5, 3)
-    expected = (wide(x).softmax(-1) + torch.zeros(5, 4).index_copy(1, torch.tensor([3, 1]), narrow(x).softmax(-1))) / 2
+    full, part = wide(x).softmax(-1), narrow(x).softmax(-1)
+    specialist = full.clone()  # the wide teacher's mass on classes 3 and 1, shared out as the narrow one says
+    specialist[:, [3, 1]] = (full[:, 3] + full[:, 1]).unsqueeze(-1) * part
+    expected = (full + specialist) / 2
     assert torch.allclose(ensemble(x).exp(), expected, atol=1e-6)
     source = EnsembleTeacher(ensemble)
     out = source.outputs(Batch(torch.arange(5), x, torch.zeros(5, dtype=torch.long)))
     assert torch.allclose(out.logits.exp(), expected, atol=1e-6)
     with pytest.raises(DistilError, match="features_from"):
         EnsembleTeacher(ensemble, features_from=2)
+
+
+def test_a_specialist_never_moves_mass_onto_its_classes_from_the_others():
+    general = torch.tensor([[0.05, 0.05, 0.9], [0.6, 0.3, 0.1]]).log()  # samples of class 2, then of class 0
+    specialist = torch.tensor([[8.0, 0.0], [0.0, 8.0]])  # knows classes 0 and 1 only: sure, and wrong, on both
+    for rule in ("mean", "confidence"):
+        probs = Ensemble([nn.Identity(), nn.Identity()], rule, classes=[None, [0, 1]],
+                         num_classes=3).combine([general, specialist]).exp()
+        assert probs[0].argmax() == 2 and torch.isclose(probs[0, 2], torch.tensor(0.9))  # not its class: no say
+        assert probs[1, 1] > general[1].exp()[1]  # among its classes it counts: class 1 gains on sample 2
+        assert torch.isclose(probs[1, :2].sum(), torch.tensor(0.9))  # but the two keep the mass they had
 
 
 def test_an_ensemble_teacher_taps_the_features_of_features_from_and_feature_losses_train():

@@ -40,7 +40,7 @@ def test_multi_teacher_recipe(tmp_path, capsys, no_html):
             *[f"--set={o}" for o in [*TINY, f"distill.teachers={teachers}", "distill.combine=best"]]]
     code, _, err = run_cli(args, capsys)
     assert code == 0, err
-    run_dir = tmp_path / "digits-multi-teacher"
+    run_dir = tmp_path / "mnist1d-multi-teacher"
     results = json.loads((run_dir / "results.json").read_text())
     assert list(results["models"]) == ["teacher", "teacher_1", "teacher_2", "student", "alone"]
     assert results["models"]["teacher"]["label"] == "ensemble of 2 teachers (best)"
@@ -78,9 +78,10 @@ def test_self_recipe_reports_each_generation_and_resumes(tmp_path, no_html):
 
 
 def test_transfer_set_recipe_learns_from_the_pool_only(tmp_path, no_html):
-    results, run_dir = run_builtin("transfer_set", tmp_path, *SMALL_TEACHER, "distill.threshold=0.2")
+    results, run_dir = run_builtin("transfer_set", tmp_path, *SMALL_TEACHER, "distill.threshold=0.2",
+                                   "distill.labeled=false")
     data = results["strategy"]["data"]
-    assert data["student_learned_from"] == "pool only" and data["labeled"] + data["pool"] == 140
+    assert data["student_learned_from"] == "pool only" and abs(data["labeled"] - data["pool"]) <= 1  # fraction 0.5
     assert 0 <= data["pool_share_kept"] <= 1 and data["teacher_accuracy_on_pool"] is not None
     assert results["models"]["student"]["label"] == "student (transfer set)"
     stages = [r["stage"] for r in MetricsLog(run_dir / "metrics.jsonl").records() if "epoch" in r]

@@ -47,6 +47,7 @@ def fashion_mnist(cfg: DataConfig) -> Arrays:
         x_test=arrays["x_test"][:, None].astype(np.float32) / 255.0,
         y_test=arrays["y_test"].astype(np.int64),
         class_names=list(CLASS_NAMES),
+        raw_scale=255.0,
     )
 
 

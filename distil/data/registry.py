@@ -23,6 +23,7 @@ class Arrays:
     class_names: list[str]
     x_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
+    raw_scale: float = 1.0  # x = raw / raw_scale (digits 16, pixels 255): model files take the raw values
 
 
 Loader = Callable[[DataConfig], Arrays]

@@ -55,10 +55,10 @@ def load_dataset(cfg: DataConfig, seed: int | None = None) -> Splits:
     n_val = min(round(cfg.val_fraction * len(y)), len(pool) - 1)
     train, val = split_off(pool, y, n_val, cfg.split_seed)
     parts = [x[train], x[val], x_test]
-    preprocess = identity_spec(parts[0])
+    preprocess = identity_spec(parts[0], raw.raw_scale)
     if cfg.normalize:
         parts, mean, std = _standardize(*parts)
-        preprocess = standardize_spec(x[train], mean, std)
+        preprocess = standardize_spec(x[train], mean, std, raw.raw_scale)
     x_train, x_val, x_test = (torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32)) for p in parts)
     return Splits(
         train=IndexedTensorDataset(x_train, torch.from_numpy(y[train])),

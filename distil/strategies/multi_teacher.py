@@ -1,7 +1,10 @@
 """Multi-teacher distillation: several teachers, possibly of other architectures or label subsets, as one source.
 
-Each teacher's probabilities are spread over the dataset's classes (a teacher trained on a subset predicts only
-the classes its `classes` map names) and combined per sample: `mean` of probabilities, fixed `weights`,
+Each teacher's probabilities are spread over the dataset's classes and combined per sample. A teacher trained on
+a subset (its `classes` map) never saw the other classes, so it is confidently wrong on their samples; like Hinton et
+al.'s specialists (2015) it only says how the mass on its own classes divides: its distribution is the full-class
+teachers' combination with the mass they give its classes shared out by its probabilities (without a full-class
+teacher, zero outside its classes). The rules: `mean` of probabilities, fixed `weights`,
 `confidence` (weights ∝ exp(-entropy) of each teacher on that sample, times its fixed weight) or `best` (the
 teacher giving the label the highest probability; the most confident one when the label is unknown). The
 combination is returned as log-probabilities, which serve as logits: a KD temperature then softens the ensemble.
@@ -43,6 +46,14 @@ def spread(logits: Tensor, classes: Tensor | None, num_classes: int) -> Tensor:
     full = probs.new_zeros(probs.shape[0], num_classes)
     full[:, classes] = probs
     return full
+
+
+def within(probs: Tensor, classes: Tensor, base: Tensor) -> Tensor:
+    """A specialist's distribution: `base` with the mass it gives `classes` divided by the specialist's `probs`
+    (spread over every class, zero outside `classes`)."""
+    out = base.clone()
+    out[:, classes] = base[:, classes].sum(-1, keepdim=True) * probs[:, classes]
+    return out
 
 
 def combine(probs: Tensor, rule: str, weights: Tensor, target: Tensor | None = None) -> Tensor:
@@ -93,9 +104,13 @@ class Ensemble(nn.Module):
     def combine(self, logits: Sequence[Tensor], target: Tensor | None = None) -> Tensor:
         """Log of the combined distribution of the teachers' logits (one tensor per teacher)."""
         k = self.num_classes or logits[0].shape[-1]
-        probs = torch.stack([spread(z, None if c is None else c.to(z.device), k)
-                             for z, c in zip(logits, self.classes)])
-        return combine(probs, self.rule, self.weights, target).clamp_min(FLOOR).log()
+        classes = [None if c is None else c.to(z.device) for z, c in zip(logits, self.classes)]
+        probs = [spread(z, c, k) for z, c in zip(logits, classes)]
+        full = [i for i, c in enumerate(classes) if c is None]
+        if full and len(full) < len(probs):  # specialists share out the full-class teachers' mass on their classes
+            base = combine(torch.stack([probs[i] for i in full]), self.rule, self.weights[full], target)
+            probs = [p if c is None else within(p, c, base) for p, c in zip(probs, classes)]
+        return combine(torch.stack(probs), self.rule, self.weights, target).clamp_min(FLOOR).log()
 
     def forward(self, x: Tensor) -> Tensor:
         """The ensemble's log-probabilities for x."""
