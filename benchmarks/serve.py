@@ -35,7 +35,8 @@ from distil.serve import load_served
 
 ROOT = Path(__file__).resolve().parent
 RECIPE = {"name": "serve-bench", "seed": 0, "data": {"name": "digits"},
-          "teacher": {"name": "mlp", "hidden": [128], "epochs": 3}, "student": {"name": "mlp", "hidden": [64]},
+          "teacher": {"name": "mlp", "hidden": [2048, 2048, 2048], "epochs": 2},
+          "student": {"name": "mlp", "hidden": [64]},
           "train": {"epochs": 3, "batch_size": 64}, "distill": {"baseline": False}, "export": {},
           "eval": {"latency_repeats": 5, "throughput_batch": 64}}
 
@@ -216,29 +217,35 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="distil-serve-bench-"))
     begun = time.perf_counter()
     run_dir = distil.run(validate_recipe(RECIPE), runs_dir=str(work / "runs"), quiet=True).run_dir
-    served = load_served(run_dir)
     raw = load_digits().images[:200, None].tolist()  # raw 8x8 images, values 0..16 as the dataset holds them
     bodies = [json.dumps({"inputs": [x]}).encode() for x in raw]
-    expected = [int(c) for c in served.forward(served.preprocess.encode(raw)).argmax(1)]
-
+    params = {role: row["params"] for role, row in json.loads((run_dir / "results.json").read_text())["models"].items()}
+    models = {f"student ({params['student']:,} parameters, ONNX Runtime)": run_dir,
+              f"teacher ({params['teacher']:,} parameters, PyTorch)": run_dir / "models" / "teacher.pt"}
+    expected = {}
+    for name, target in models.items():
+        served = load_served(target)
+        expected[name] = [int(c) for c in served.forward(served.preprocess.encode(raw)).argmax(1)]
     configs = {"micro-batching (2 ms window)": ("--max-wait-ms", "2"), "no micro-batching": ("--max-wait-ms", "0")}
-    rows: dict[str, list[dict]] = {name: [] for name in configs}
+    pairs = [(model, config) for model in models for config in configs]
+    rows: dict[tuple[str, str], list[dict]] = {pair: [] for pair in pairs}
     for round_ in range(args.rounds):
-        for name, options in (configs.items() if round_ % 2 == 0 else reversed(configs.items())):
-            server = Server(run_dir, work / "serve.log", *options)
+        for model, config in (pairs if round_ % 2 == 0 else reversed(pairs)):
+            server = Server(models[model], work / "serve.log", *configs[config])
             try:
-                load(server.port, bodies, expected, 200, args.clients)  # warm-up
-                result = load(server.port, bodies, expected, args.requests, args.clients)
+                load(server.port, bodies, expected[model], 200, args.clients)  # warm-up
+                result = load(server.port, bodies, expected[model], args.requests, args.clients)
             finally:
                 server.stop()
-            rows[name].append(result)
-            print(f"round {round_ + 1} {name}: {result['rps']:.0f} req/s, p50 {result['p50']:.1f} ms, p99 "
-                  f"{result['p99']:.1f} ms, {result['errors']} errors of {result['requests']}", flush=True)
+            rows[model, config].append(result)
+            print(f"round {round_ + 1} {model}, {config}: {result['rps']:.0f} req/s, p50 {result['p50']:.1f} ms, "
+                  f"p99 {result['p99']:.1f} ms, {result['errors']} errors of {result['requests']}", flush=True)
+    student = next(iter(models))
     server = Server(run_dir, work / "serve-slow.log")
     try:
         idle = slow_clients(server.port, 0, 5.0)
         slow = slow_clients(server.port, args.slow, args.slow_seconds)
-        after = load(server.port, bodies, expected, 500, args.clients)
+        after = load(server.port, bodies, expected[student], 500, args.clients)
     finally:
         server.stop()
     log_text = (work / "serve-slow.log").read_text()
@@ -250,25 +257,26 @@ def main() -> None:
         "",
         f"`nice -n 10 .venv/bin/python benchmarks/serve.py{' '.join([''] + sys.argv[1:])}` on {platform.machine()} "
         f"({__import__('os').cpu_count()} CPU cores, shared with other jobs), {wall:.0f} s wall. The server is "
-        "`distil serve` (uvicorn subprocess, one worker) of the digits student (MLP 64 -> 64 -> 10, ONNX Runtime), "
-        "called over loopback HTTP/1.1 by this process.",
+        "`distil serve` (uvicorn subprocess, one worker) of a digits run's models, called over loopback HTTP/1.1 "
+        "by this process.",
         "",
         f"## Batch 1, {args.clients} concurrent clients",
         "",
         f"Each client thread keeps one connection and posts one raw 8x8 image per request until {args.requests:,} "
         "requests are answered; every answer is checked (200 and the class the model gives in-process). Rounds "
-        "interleave the two settings; the median round is shown, every round below it.",
+        "interleave the settings; the median round (the slower middle one for an even count) is shown, every round "
+        "below it.",
         "",
-        "| server | requests | errors | requests/s | p50 ms | p99 ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| model | server | requests | errors | requests/s | p50 ms | p99 ms |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name, results in rows.items():
+    for (model, config), results in rows.items():
         mid = sorted(results, key=lambda r: r["rps"])[(len(results) - 1) // 2]
-        lines.append(f"| {name} | {sum(r['requests'] for r in results):,} | {sum(r['errors'] for r in results)} | "
-                     f"{mid['rps']:.0f} | {mid['p50']:.1f} | {mid['p99']:.1f} |")
+        lines.append(f"| {model} | {config} | {sum(r['requests'] for r in results):,} | "
+                     f"{sum(r['errors'] for r in results)} | {mid['rps']:.0f} | {mid['p50']:.1f} | {mid['p99']:.1f} |")
     lines += ["", "Rounds: " + "; ".join(
-        f"{name}: " + ", ".join(f"{r['rps']:.0f} req/s (p50 {r['p50']:.1f}, p99 {r['p99']:.1f})" for r in results)
-        for name, results in rows.items()) + ".", ""]
+        f"{model.split(' (')[0]}, {config}: " + ", ".join(f"{r['rps']:.0f} req/s (p99 {r['p99']:.1f})" for r in results)
+        for (model, config), results in rows.items()) + ".", ""]
     lines += [
         f"## {args.slow} slow clients",
         "",
@@ -284,9 +292,9 @@ def main() -> None:
         f"{slow['max']:.1f} |",
         "",
         f"Slow connections closed by the server (408 after the body deadline) and reopened: "
-        f"{slow['closed_by_server']}. Right after, {after['requests']} batch-1 predictions from {args.clients} "
-        f"clients: {after['errors']} errors, {after['rps']:.0f} requests/s. Tracebacks in the server log: "
-        f"{log_text.count('Traceback')}.",
+        f"{slow['closed_by_server']}. Right after, {after['requests']} batch-1 predictions of the student from "
+        f"{args.clients} clients: {after['errors']} errors, {after['rps']:.0f} requests/s. Tracebacks in the server "
+        f"log: {log_text.count('Traceback')}.",
         "",
     ]
     text = "\n".join(lines)

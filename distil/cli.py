@@ -224,6 +224,11 @@ def evaluate(
     if split not in {"train", "val", "test"}:
         raise DistilError(f"--split: '{split}' is not a split; use train, val or test.")
     model, meta = load_any(model_file, trust_code=trust_code)
+    if (meta.get("preprocess") or {}).get("kind") == "records":  # tabular: the table and encoders it records
+        from distil.tabular.evaluate import evaluate_tabular_file
+
+        typer.echo(evaluate_tabular_file(model, meta, model_file.name, split, resolve_device(device)))
+        return
     splits = load_dataset(eval_data(model_file, meta, data, data_path))
     if tuple(meta["input_shape"]) != tuple(splits.input_shape) or meta["num_classes"] != splits.num_classes:
         raise DistilError(f"{model_file} expects inputs {tuple(meta['input_shape'])} with {meta['num_classes']} "
@@ -272,6 +277,11 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. runs
 
         path = write_lm_report(run_dir, results)
         say(render_lm_table(results))
+    elif "task" in results and "distilled_from" in results:  # a tabular run: its own report and table
+        from distil.tabular.report import render_tabular_text, write_tabular_report
+
+        path = write_tabular_report(run_dir, results)
+        say(render_tabular_text(results))
     else:
         path = write_report(run_dir, results)
         say(summary(results))

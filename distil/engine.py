@@ -24,7 +24,7 @@ from distil.batch import Batch, iterate, num_batches
 from distil.data.augment import view_of
 from distil.distributed import resolve_device  # noqa: F401  (re-exported: its home is distil.distributed)
 from distil.errors import DistilError
-from distil.ledger import StepLedger
+from distil.ledger import StepLedger, nonfinite
 from distil.methods.base import Outputs
 from distil.methods.objective import Objective
 from distil.recipe import AugmentConfig, TrainConfig
@@ -197,8 +197,9 @@ class Fit:
 
     def prepare_batch(self, batch: Batch, epoch: int) -> Batch:
         """Move a batch to the device and, with augmentation, replace it by this epoch's view of its samples."""
-        views = self.augment.views if self.augment is not None else 1
-        return view_of(batch.to(self.device), epoch % views, self.augment, self.seed)
+        if self.augment is None or not self.augment.active:
+            return batch if batch.y.device == self.device else batch.to(self.device)
+        return view_of(batch.to(self.device), epoch % self.augment.views, self.augment, self.seed)
 
     def run(self, resume: bool = False) -> FitResult:
         """Train for the configured epochs (continuing from the checkpoint when `resume`), return the model."""
@@ -232,8 +233,13 @@ class Fit:
                     method.weight = weight
         params = [p for p in list(model.parameters()) + list(objective.parameters()) if p.requires_grad]
         optimizer = stage_optimizer(params, objective.sgd_parameters(), cfg, self._lr)
+        self._params = [p for g in optimizer.param_groups for p in g["params"]]
+        self._distributed = distributed.is_distributed()
+        self._objective_params = [p for p in objective.parameters() if p.requires_grad]
         steps_per_epoch = max(1, num_batches(self.train, cfg.batch_size) // cfg.accumulate)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch, epochs))
+        # a constant lr (no warm-up, no schedule) needs no scheduler, nor its wrapper around every optimizer step
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch, epochs)) \
+            if _moving_lr(cfg) else None
 
         history: list[dict] = []
         start_epoch, best, best_state, bad_epochs = 0, None, None, 0
@@ -242,7 +248,8 @@ class Fit:
             model.load_state_dict(saved["model"])
             objective.load_state_dict(saved["objective"])
             optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
+            if scheduler is not None and saved["scheduler"] is not None:
+                scheduler.load_state_dict(saved["scheduler"])
             set_rng_state(saved["rng"])
             history, start_epoch = saved["history"], saved["epoch"]
             best, best_state, bad_epochs = saved["best"], saved["best_state"], saved["bad_epochs"]
@@ -386,7 +393,7 @@ class Fit:
             else nullcontext()
         start = time.perf_counter()
         steps = num_batches(self.train, cfg.batch_size)
-        ledger = StepLedger(epoch * steps, device)
+        ledger = StepLedger(epoch * steps, device, self._bad_steps)
         optimizer.zero_grad(set_to_none=True)
         batches = iterate(self.train, cfg.batch_size, shuffle=True, generator=generator,
                           num_workers=cfg.num_workers, pin_memory=device.type == "cuda", shard=distributed.shard())
@@ -394,8 +401,10 @@ class Fit:
         teacher = self.teacher if objective.needs_teacher else None
         world = distributed.world_size()  # the bar counts every rank's samples
         for step, batch in enumerate(batches):
-            for listener in listeners:
-                listener.set_progress((epoch * steps + step) / max(1, (self.epochs or cfg.epochs) * steps))
+            if listeners:
+                progress = (epoch * steps + step) / max(1, (self.epochs or cfg.epochs) * steps)
+                for listener in listeners:
+                    listener.set_progress(progress)
             batch = self.prepare_batch(batch, epoch)
             if self.batch_transform is not None:
                 batch = self.batch_transform(batch, model)
@@ -406,17 +415,18 @@ class Fit:
             (loss / cfg.accumulate if cfg.accumulate > 1 else loss).backward()
             value = loss.detach()
             bar.update(batch.y.shape[0] * world)
-            if (step + 1) % cfg.accumulate == 0 or step + 1 == steps:
-                bad = self._optimizer_step(optimizer, objective, value)
-                self._bad_steps += bad
-                scheduler.step()
+            stepped = (step + 1) % cfg.accumulate == 0 or step + 1 == steps
+            if stepped:
+                bad = self._optimizer_step(optimizer, value)
+                if scheduler is not None:
+                    scheduler.step()
             else:
-                bad = ~torch.isfinite(value)  # stays on the device: no host sync per step
-            correct = (student_out.logits.detach().argmax(-1) == batch.y).sum()
-            ledger.add(value, terms, correct, bad, batch.y)
+                bad = nonfinite([value])  # stays on the device: no host sync per step
+            ledger.add(value, terms, student_out.logits.argmax(-1), bad, batch.y, stepped)
             if (step + 1) % cfg.log_every == 0:
                 self._check_finite(epoch, ledger)
         self._check_finite(epoch, ledger)
+        self._bad_steps = ledger.bad_steps
         # one all-reduce per epoch: the record holds the sums over every rank's shard
         totals = distributed.all_reduce_sum(ledger.totals())
         seen_all, labeled_all, correct_all, loss_all, *term_all = totals.tolist()
@@ -495,31 +505,34 @@ class Fit:
             for p, flag in zip(plan.parameters, flags):
                 p.requires_grad_(flag)
 
-    def _optimizer_step(self, optimizer: torch.optim.Optimizer, objective: Objective, loss: torch.Tensor
-                        ) -> torch.Tensor:
-        """Clip and step; returns whether the loss or the gradients were NaN/inf, as a device tensor.
+    def _optimizer_step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> torch.Tensor:
+        """Clip and step; returns 1.0 when the loss or the gradients held a NaN/inf, else 0.0, as a device tensor.
 
-        With train.max_bad_steps > 0 the fused optimizer skips such a step on the device (its `found_inf`).
+        Without clipping the check is one fused kernel over the gradients and the loss (no norm is computed); with
+        train.max_bad_steps > 0 the fused optimizer skips such a step on the device (its `found_inf`).
         """
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        if distributed.is_distributed():
-            distributed.average_gradients([p for p in objective.parameters() if p.requires_grad])
+        params = self._params
+        if self._distributed:
+            distributed.average_gradients(self._objective_params)
         grads = [p.grad for p in params if p.grad is not None]
-        norm = nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
         if self.cfg.grad_clip:
+            norm = nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
             nn.utils.clip_grads_with_norm_(params, self.cfg.grad_clip, norm)
-        bad = ~torch.isfinite(norm + loss)  # one check for both: a NaN or inf in either makes the sum non-finite
+            bad = (~torch.isfinite(norm + loss)).float()  # a NaN or inf in either makes the sum non-finite
+        else:
+            bad = nonfinite([*grads, loss])
         if self.cfg.max_bad_steps:
-            optimizer.found_inf = bad.float()
+            optimizer.found_inf = bad
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        for p in params:  # zero_grad(set_to_none=True) without its profiler and compiler wrappers
+            p.grad = None
         return bad
 
     def _check_finite(self, epoch: int, ledger: StepLedger) -> None:
         """Stop (a host sync, every train.log_every steps and at epoch end) when non-finite steps pass the limit."""
         ledger.flush()  # the stop comes in the epoch of the step that passes the limit: its ledger names the steps
         first = torch.where(ledger.first_bad >= 0, -ledger.first_bad, -(2**62))
-        state = distributed.all_reduce_max(torch.stack([self._bad_steps, first, ledger.last_bad]))
+        state = distributed.all_reduce_max(torch.stack([ledger.bad_steps, first, ledger.last_bad]))
         count, first_step, last_step = (int(v) for v in state.tolist())
         limit = self.cfg.max_bad_steps
         if last_step < 0 or (limit and count <= limit):
@@ -546,7 +559,8 @@ class Fit:
             return
         checkpoint.save_checkpoint(self.checkpoint_path, {
             "stage": self.stage, "epoch": epoch, "model": model.state_dict(), "objective": objective.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "rng": rng_state(),
             "history": history, "best": best, "best_state": best_state, "bad_epochs": bad_epochs,
             "bad_steps": int(self._bad_steps), "lr": self._lr,
             "weights": [getattr(m, "weight", None) for m in objective.methods],
@@ -562,6 +576,11 @@ class Fit:
             raise DistilError(f"checkpoint {self.checkpoint_path} belongs to stage '{saved.get('stage')}', "
                               f"not '{self.stage}'; remove it or start a new run.")
         return saved
+
+
+def _moving_lr(cfg: TrainConfig) -> bool:
+    """Whether the lr changes during the stage (a warm-up or a schedule): lr_factor is 1.0 at every step otherwise."""
+    return bool(cfg.warmup_epochs) or cfg.scheduler in ("cosine", "step")
 
 
 def _is_conv_net(model: nn.Module) -> bool:

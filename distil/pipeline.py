@@ -64,8 +64,10 @@ class Run(RunContext):
                                              repeats=e.latency_repeats))
             results[role] = {"label": ROLES.get(role, role), **metrics}
             self.log.write({"stage": "evaluate", "model": role, **metrics})
+        latency_batch = 1 if hasattr(self.splits, "profile") else e.latency_batch  # text: one sentence at a time
         return {"name": self.recipe.name, "dataset": self.splits.name, "test_samples": len(test),
-                "device": str(self.device), "models": results}
+                "device": str(self.device), "latency_batch": latency_batch, "throughput_batch": e.throughput_batch,
+                "models": results}
 
     def execute(self) -> RunResult:
         """Run every stage in order and write results.json and report.md."""

@@ -11,7 +11,7 @@ import importlib.metadata
 PLUGINS: dict[str, tuple[str, ...]] = {
     "methods": ("distil.text.layers", "distil.text.lm_losses", "distil.tabular.losses"),
     "datasets": ("distil.text.datasets",),
-    "models": ("distil.text.models",),
+    "models": ("distil.text.models", "distil.tabular.models"),
 }
 _loaded: set[str] = set()
 

@@ -93,6 +93,8 @@ class ModelConfig(StrictModel):
     channels: list[int] | None = None
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     text: TextModelConfig | None = None
+    tabular: dict | None = Field(None, description="written by distil into tabular model files (architecture and "
+                                 "field layout); recipes name tabular models in the tabular: section")
 
 
 class TeacherConfig(ModelConfig):

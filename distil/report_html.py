@@ -16,7 +16,7 @@ import torch
 
 from distil.checkpoint import atomic_write_text, write_atomically
 from distil.extras import available
-from distil.report_table import COLUMNS, render_gains, table_rows
+from distil.report_table import batches, columns, render_gains, table_rows
 from distil.runlog import MetricsLog
 from distil.verdict import render_verdict
 
@@ -94,43 +94,135 @@ def plot_curves(records: list[dict]) -> str | None:
 
 
 def plot_bars(results: dict) -> str:
-    """Top-1 and macro-F1 of the teacher, the distilled student and the student trained alone."""
+    """Top-1 and macro-F1 of every model as horizontal bars from 0 (full labels on the y axis, values at the ends)."""
+    return _png(bars_figure(results))
+
+
+def bars_figure(results: dict):
+    """The figure plot_bars draws."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
-    fig.subplots_adjust(left=0.07, right=0.98, top=0.9, bottom=0.2, wspace=0.25)
+    roles = list(results["models"])
+    labels = [results["models"][r]["label"] for r in roles]
+    height = 1.0 + 0.38 * len(roles)
+    fig, axes = plt.subplots(1, 2, figsize=(9, height), sharey=True)
     for ax, (metric, title) in zip(axes, [("top1", "top-1 accuracy"), ("f1", "macro-F1")]):
-        roles = [r for r, m in results["models"].items() if isinstance(m.get(metric), int | float)]
-        values = [results["models"][r][metric] for r in roles] or [0.0]
-        bars = ax.bar([results["models"][r]["label"] for r in roles], values,
-                      color=[COLORS.get(r, "#55a868") for r in roles])
-        ax.bar_label(bars, fmt="%.3f", fontsize=8)
-        ax.set_ylim(max(0.0, min(values) - 0.1), 1.0)
-        ax.set_title(title, fontsize=10)
-        ax.tick_params(axis="x", labelsize=8, rotation=10)
-    return _png(fig)
+        values = [results["models"][r].get(metric) for r in roles]
+        shown = [v if isinstance(v, int | float) else 0.0 for v in values]
+        bars = ax.barh(range(len(roles)), shown, color=[COLORS.get(r, "#55a868") for r in roles])
+        ax.bar_label(bars, [f"{v:.3f}" if isinstance(v, int | float) else "n/a" for v in values], padding=3,
+                     fontsize=8)
+        ax.set_xlim(0.0, 1.12)  # from 0: bar lengths compare as the numbers do; room for the value labels
+        ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
+        ax.set_title(f"{title} (axis from 0)", fontsize=10)
+        ax.tick_params(labelsize=8)
+    axes[0].set_yticks(range(len(roles)), labels)
+    axes[0].invert_yaxis()  # the first model (the teacher) on top, as in the table
+    fig.tight_layout()
+    return fig
+
 
 
 def plot_tradeoff(results: dict) -> str:
-    """Accuracy against bytes on disk and against batch-1 latency, one point per model (log x axes)."""
+    """Accuracy against bytes on disk and against batch-1 latency, one labelled point per model (log x axes)."""
+    return _png(tradeoff_figure(results)[0])
+
+
+def tradeoff_figure(results: dict) -> tuple:
+    """The accuracy-vs-size and vs-latency figure and its labels' display boxes (placed so that none overlaps)."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
 
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
-    fig.subplots_adjust(left=0.09, right=0.97, top=0.9, bottom=0.17, wspace=0.3)
-    for ax, (key, label) in zip(axes, [("bytes", "size on disk (bytes)"), ("latency_ms", "latency at batch 1 (ms)")]):
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.91, bottom=0.16, wspace=0.25)
+    boxes = []
+    latency = f"latency at batch {batches(results)[0]} (ms)"
+    for ax, (key, label) in zip(axes, [("bytes", "size on disk (bytes)"), ("latency_ms", latency)]):
+        points = []
         for role, m in results["models"].items():
             if not (isinstance(m.get(key), int | float) and m[key] > 0 and isinstance(m.get("top1"), int | float)):
                 continue
-            ax.scatter(m[key], m["top1"], s=60, color=COLORS.get(role, "#55a868"), label=m["label"])
-            ax.annotate(m["label"], (m[key], m["top1"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+            ax.scatter(m[key], m["top1"], s=60, color=COLORS.get(role, "#55a868"), alpha=0.85, edgecolors="white",
+                       linewidths=0.8, zorder=3)
+            points.append((m[key], m["top1"], m["label"]))
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.margins(x=0.3, y=0.15)
+        ax.margins(x=0.35, y=0.2)
+        ax.autoscale_view()
         ax.set_xlabel(label)
         ax.set_ylabel("top-1")
         ax.set_title(f"accuracy vs {label.split(' (')[0]}", fontsize=10)
-    return _png(fig)
+        boxes += place_labels(ax, points)
+    return fig, boxes
+
+
+# label positions tried around a point, nearest first: (dx, dy) in points and the text's alignment there
+_SPOTS = [(dx * r, dy * r, "left" if dx > 0 else "right", "bottom" if dy > 0 else "top")
+          for r in (1, 2.5, 4, 6, 8) for dx, dy in ((5, 4), (5, -4), (-5, 4), (-5, -4))]
+
+
+def place_labels(ax, points: list[tuple[float, float, str]]) -> list:
+    """Label each (x, y, text) point where its label overlaps no other label and no marker, inside the figure always
+    and inside the axes when it can; points whose markers overlap share one label (their names, highest first), and
+    a label set apart gets a thin leader line to its point. Returns the labels' display boxes."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    frame, page = ax.get_window_extent(renderer), fig.bbox
+    marker = 4 * fig.dpi / 72  # half a marker of s=60 (7.7 points across), in pixels
+    centres = [tuple(ax.transData.transform((x, y))) for x, y, _ in points]
+    taken = [_box(cx, cy, marker) for cx, cy in centres]
+    boxes = []
+    for group in sorted(_overlapping(centres, 2 * marker), key=lambda g: -max(points[k][1] for k in g)):
+        members = sorted(group, key=lambda k: -points[k][1])
+        x, y = points[members[0]][0], points[members[0]][1]
+        text = "\n".join(points[k][2] for k in members)
+        best = None
+        for dx, dy, ha, va in _SPOTS:
+            leader = {"arrowstyle": "-", "lw": 0.5, "color": "#777"} if abs(dx) > 5 else None
+            label = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
+                                fontsize=7, arrowprops=leader)
+            box = label.get_window_extent(renderer)
+            score = (not _within(box, page), sum(box.overlaps(t) for t in taken), not _within(box, frame))
+            if best is None or score < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (score, label, box)
+            else:
+                label.remove()
+            if score == (False, 0, False):
+                break
+        taken.append(best[2])
+        boxes.append(best[2])
+    return boxes
+
+
+def _overlapping(centres: list[tuple[float, float]], reach: float) -> list[list[int]]:
+    """The points as groups whose markers touch (centres nearer than `reach` pixels, chained)."""
+    group = list(range(len(centres)))
+
+    def root(k: int) -> int:
+        while group[k] != k:
+            k = group[k]
+        return k
+
+    for i, (xi, yi) in enumerate(centres):
+        for j in range(i):
+            if np.hypot(xi - centres[j][0], yi - centres[j][1]) < reach:
+                group[root(i)] = root(j)
+    found: dict[int, list[int]] = {}
+    for k in range(len(centres)):
+        found.setdefault(root(k), []).append(k)
+    return list(found.values())
+
+
+def _box(x: float, y: float, half: float):
+    from matplotlib.transforms import Bbox
+
+    return Bbox([[x - half, y - half], [x + half, y + half]])
+
+
+def _within(box, outer) -> bool:
+    return outer.x0 <= box.x0 and box.x1 <= outer.x1 and outer.y0 <= box.y0 and box.y1 <= outer.y1
 
 
 def confusion(target: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
@@ -172,7 +264,7 @@ def render_html(results: dict, records: list[dict], predictions: dict[str, np.nd
 
         matplotlib.use("Agg")
     esc = html.escape
-    head = "".join(f"<th>{esc(c)}</th>" for c in COLUMNS)
+    head = "".join(f"<th>{esc(c)}</th>" for c in columns(results))
     body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in table_rows(results))
     lines = [*render_gains(results.get("gains", {})), *render_verdict(results.get("verdict"))]
     gains = "".join(f"<li>{esc(line.removeprefix('- ').replace('**', ''))}</li>" for line in lines)

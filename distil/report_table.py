@@ -6,6 +6,18 @@ from __future__ import annotations
 COLUMNS = ["model", "params", "size", "top-1", "macro-F1", "agree(T)", "ECE", "latency b=1", "thrpt b=256"]
 
 
+def batches(results: dict) -> tuple[int, int]:
+    """The batch sizes latency and throughput were measured at (eval.latency_batch / throughput_batch; results of
+    older runs record none: the defaults 1 and 256)."""
+    return int(results.get("latency_batch", 1)), int(results.get("throughput_batch", 256))
+
+
+def columns(results: dict) -> list[str]:
+    """The table's header for this run: COLUMNS with the batch sizes its latency and throughput were measured at."""
+    latency, throughput = batches(results)
+    return [*COLUMNS[:-2], f"latency b={latency}", f"thrpt b={throughput}"]
+
+
 def human(n: float, unit: str = "", base: float = 1000.0) -> str:
     """1234567 -> '1.23M' (with `unit` appended)."""
     for suffix in ["", "k", "M", "G", "T"]:
@@ -29,7 +41,7 @@ def table_rows(results: dict) -> list[list[str]]:
 
 def render_text(results: dict) -> str:
     """The table as aligned plain text, for the terminal."""
-    rows = [COLUMNS, *table_rows(results)]
+    rows = [columns(results), *table_rows(results)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
              for r in rows]
@@ -38,7 +50,7 @@ def render_text(results: dict) -> str:
 
 def render_markdown_table(results: dict) -> str:
     """The table as a Markdown table."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(["---"] + ["---:"] * (len(COLUMNS) - 1)) + "|"]
+    lines = ["| " + " | ".join(columns(results)) + " |", "|" + "|".join(["---"] + ["---:"] * (len(COLUMNS) - 1)) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(results)]
     return "\n".join(lines)
 
@@ -56,6 +68,7 @@ def gains(results: dict) -> dict[str, float]:
         "speedup_latency": teacher["latency_ms"] / student["latency_ms"],
         "speedup_throughput": student["throughput"] / teacher["throughput"],
     }
+    out["latency_batch"], out["throughput_batch"] = batches(results)
     if "alone" in models:
         out["delta_top1_vs_alone"] = student["top1"] - models["alone"]["top1"]
     return out
@@ -70,7 +83,7 @@ def render_gains(g: dict[str, float]) -> list[str]:
         lines += [
             f"- Δ top-1 vs the teacher: {g['delta_top1_vs_teacher'] * 100:+.2f} points",
             f"- compression: {g['compression']:.1f}× smaller on disk ({g['param_ratio']:.1f}× fewer parameters)",
-            f"- speed-up: {g['speedup_latency']:.1f}× lower latency at batch 1, "
-            f"{g['speedup_throughput']:.1f}× higher throughput at batch 256",
+            f"- speed-up: {g['speedup_latency']:.1f}× lower latency at batch {g.get('latency_batch', 1)}, "
+            f"{g['speedup_throughput']:.1f}× higher throughput at batch {g.get('throughput_batch', 256)}",
         ]
     return lines

@@ -118,9 +118,8 @@ class WandbTracker:
         id_file = Path(run_dir) / "wandb_run_id"
         run_id = id_file.read_text(encoding="utf-8").strip() if id_file.is_file() else secrets.token_hex(4)
         atomic_write_text(id_file, run_id)
-        folder = Path(run_dir) / "wandb"
-        folder.mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(project="distil", name=name, id=run_id, resume="allow", dir=str(folder),
+        # W&B writes into a `wandb/` folder of `dir`: runs/<name>/wandb/offline-run-*, what `wandb sync` is given
+        self.run = wandb.init(project="distil", name=name, id=run_id, resume="allow", dir=str(run_dir),
                               config=config, mode=os.environ.get("WANDB_MODE", "offline"),
                               settings=wandb.Settings(silent=True, console="off", x_disable_stats=True))
 

@@ -65,7 +65,7 @@ def toy_fit(tmp_path: Path, epochs: int, model: nn.Module | None = None, **train
     x = torch.randn(96, 4, generator=g)
     data = IndexedTensorDataset(x, (x[:, 0] > 0).long())
     torch.manual_seed(0)
-    cfg = TrainConfig(epochs=epochs, batch_size=16, lr=0.05, scheduler="none", **train)
+    cfg = TrainConfig(**{"epochs": epochs, "batch_size": 16, "lr": 0.05, "scheduler": "none", **train})
     return Fit(stage="t", model=model or nn.Linear(4, 2), objective=Objective([CE()]), train=data, val=data, cfg=cfg,
                device=torch.device("cpu"), seed=0, checkpoint_path=tmp_path / "t.ckpt", quiet=True)
 
@@ -153,3 +153,80 @@ def test_non_finite_steps_are_skipped_on_device_up_to_the_limit(tmp_path):
     with pytest.raises(DistilError, match=r"7 steps had a NaN .*max_bad_steps=6; the last was step 12 \(epoch 3\)"):
         toy_fit(tmp_path / "c", 3, model=NanFrom(6), max_bad_steps=6, log_every=1).run()
     assert checkpoint.load(tmp_path / "c/t.ckpt")["epoch"] == 2  # the last good checkpoint is kept
+
+
+class _NanGrad(torch.autograd.Function):
+    """Identity forward; NaN gradient backward: the loss stays finite while the gradients do not."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+class NanGradAt(NanFrom):
+    """A linear layer whose gradients are NaN at training forward `start` alone (`grad`), or whose output is NaN
+    there (`grad=False`)."""
+
+    def __init__(self, start: int, grad: bool = True):
+        super().__init__(start)
+        self.grad = grad
+
+    def forward(self, x):
+        out = nn.Linear.forward(self, x)
+        if self.training:
+            self.calls += 1
+            if self.calls == self.start + 1:
+                out = _NanGrad.apply(out) if self.grad else out * float("nan")
+        return out
+
+
+@pytest.mark.parametrize("grad_clip", [None, 1.0])
+def test_a_nan_gradient_under_a_finite_loss_stops_the_stage_at_its_step(tmp_path, grad_clip):
+    torch.manual_seed(0)
+    with pytest.raises(DistilError, match=r"became NaN or infinite at step 8 \(epoch 2\)"):
+        toy_fit(tmp_path / "a", 3, model=NanGradAt(8), grad_clip=grad_clip, log_every=1).run()
+    assert checkpoint.load(tmp_path / "a/t.ckpt")["epoch"] == 1
+
+
+def test_a_nan_micro_step_counts_once_as_a_skipped_optimizer_step(tmp_path):
+    # accumulate 2: micro-step 6's loss is NaN (flagged, not an optimizer step); the optimizer step at 7 then has
+    # NaN gradients and is the one skipped step, so max_bad_steps=1 holds and the weights stay finite
+    torch.manual_seed(0)
+    fit = toy_fit(tmp_path / "a", 2, model=NanGradAt(6, grad=False), accumulate=2, max_bad_steps=1)
+    done = fit.run()
+    assert int(fit._bad_steps) == 1 and checkpoint.load(tmp_path / "a/t.ckpt")["bad_steps"] == 1
+    assert all(torch.isfinite(p).all() for p in done.model.parameters())
+
+
+class CrashAt(NanFrom):
+    """A linear layer that raises at training forward `start` (counting from 0): a run killed mid-stage."""
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.calls > self.start:
+                raise KeyboardInterrupt
+        return nn.Linear.forward(self, x)
+
+
+@pytest.mark.parametrize("scheduler", ["none", "cosine"])
+def test_resume_of_a_constant_or_scheduled_lr_ends_like_the_uninterrupted_run(tmp_path, scheduler):
+    straight = toy_fit(tmp_path / "a", 3, scheduler=scheduler).run()
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):  # 6 steps per epoch: stopped in the middle of epoch 3
+        toy_fit(tmp_path / "b", 3, model=CrashAt(15), scheduler=scheduler).run()
+    resumed = toy_fit(tmp_path / "b", 3, scheduler=scheduler).run(resume=True)
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+    assert [r["lr"] for r in straight.history] == [r["lr"] for r in resumed.history]
+
+
+def test_files_written_atomically_get_the_mode_open_would_give(tmp_path):
+    path, plain = tmp_path / "report.html", tmp_path / "plain.html"
+    checkpoint.atomic_write_text(path, "<html></html>")
+    plain.write_text("<html></html>")  # not mkstemp's 0600
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == checkpoint.FILE_MODE

@@ -19,7 +19,8 @@ FLOORS = {
         "distil.explain.config", "distil.text.config", "distil.tabular.config"),
     1: ("distil.explain.soft_tree", "distil.explain.students"),  # models that live beside the explain stage
     2: ("distil.context", "distil.strategies", "distil.compress", "distil.explain", "distil.report",
-        "distil.report_table", "distil.report_html", "distil.report_settings", "distil.card", "distil.text.lm_report"),
+        "distil.report_table", "distil.report_html", "distil.report_settings", "distil.card", "distil.text.lm_report",
+        "distil.tabular.transparent"),
     3: ("distil.pipeline", "distil.text.lm_run", "distil.tabular.run", "distil.seeds"),
     4: ("distil.cli", "distil.serve", "distil.sweep", "distil.starter", "distil.__main__"),
 }

@@ -15,7 +15,8 @@ from PIL import Image
 
 from distil.pipeline import run_recipe
 from distil.recipe import load_recipe
-from distil.report_html import confusion, curve_groups
+from distil.report_html import bars_figure, confusion, curve_groups, tradeoff_figure
+from distil.report_table import gains, render_gains, render_text
 
 PROBE = """<script>window.addEventListener("load", () => {
   document.title = "PROBE" + JSON.stringify([...document.images].map(i => i.complete ? i.naturalWidth : -1));
@@ -104,7 +105,47 @@ def test_tensorboard_and_mlflow_receive_every_epoch(run_dir):
 def test_wandb_offline_run_holds_every_stage_and_the_evaluation(run_dir):
     # The offline run is a protobuf log: the metric names of each stage and of the evaluation are in it as text.
     run_id = (run_dir / "wandb_run_id").read_text().strip()
-    (log,) = (run_dir / "wandb" / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
+    (log,) = (run_dir / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")  # what `wandb sync` takes
     data = log.read_bytes()
     for key in (b"teach/val_acc", b"distill/loss", b"alone/train_acc", b"evaluate/student/top1", b"train.lr"):
         assert key in data, key
+
+
+CROWDED = {  # three students at the same size and nearly the same accuracy, long labels
+    "teacher": {"label": "teacher", "top1": 0.997, "f1": 0.997, "bytes": 303_000, "latency_ms": 0.219},
+    "student": {"label": "student (distilled)", "top1": 0.9805, "f1": 0.98, "bytes": 11_800, "latency_ms": 0.026},
+    "alone": {"label": "student (alone)", "top1": 0.9795, "f1": 0.979, "bytes": 11_800, "latency_ms": 0.027},
+    "finetuned": {"label": "student (finetuned)", "top1": 0.981, "f1": 0.98, "bytes": 11_800, "latency_ms": 0.026},
+    "int8": {"label": "student (int8, dynamic quantization)", "top1": 0.978, "f1": 0.977, "bytes": 4_000,
+             "latency_ms": 0.03},
+    "pruned": {"label": "student (pruned 50%)", "top1": 0.975, "f1": 0.974, "bytes": 11_800, "latency_ms": 0.026},
+}
+
+
+def test_scatter_labels_name_every_model_overlap_nothing_and_stay_on_the_page():
+    fig, boxes = tradeoff_figure({"models": CROWDED})
+    for ax in fig.axes:
+        written = "\n".join(t.get_text() for t in ax.texts)
+        assert all(m["label"] in written for m in CROWDED.values())
+    assert all(not a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:] if a is not b)
+    page = fig.bbox
+    assert all(page.x0 <= b.x0 and b.x1 <= page.x1 and page.y0 <= b.y0 and b.y1 <= page.y1 for b in boxes)
+
+
+def test_bars_start_at_zero_and_show_every_label_in_full():
+    fig = bars_figure({"models": CROWDED})
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        assert ax.get_xlim()[0] == 0 and "from 0" in ax.get_title()
+    ticks = fig.axes[0].get_yticklabels()
+    assert [t.get_text() for t in ticks] == [m["label"] for m in CROWDED.values()]
+    assert all(fig.bbox.x0 <= t.get_window_extent(renderer).x0 for t in ticks)  # not cut at the left edge
+
+
+def test_the_table_and_gains_name_the_batches_the_run_measured_at():
+    models = {role: {**m, "params": 10, "ece": 0.1, "throughput": 100.0} for role, m in CROWDED.items()}
+    results = {"models": models, "latency_batch": 4, "throughput_batch": 16}
+    header = render_text(results).splitlines()[0]
+    assert "latency b=4" in header and "thrpt b=16" in header and "b=256" not in header
+    assert "at batch 4" in render_gains(gains(results))[-1] and "at batch 16" in render_gains(gains(results))[-1]
+    assert "thrpt b=256" in render_text({"models": models})  # results.json of older runs: the defaults

@@ -180,12 +180,15 @@ BAD = [
     ("absent", {**SCHEMA, "categorical": ["user", "browser"]}, "column 'browser' is not in"),
     ("classes", {**SCHEMA, "label": "device", "categorical": ["user"]}, "3 distinct values"),
     ("missing", {**SCHEMA, "numeric": ["empty"]}, "'empty' is missing in every training row"),
+    ("multiclass", {**SCHEMA, "label": "device", "task": "multiclass", "classes": 2, "categorical": ["user"]},
+     "task multiclass declares 2 classes"),
+    ("vocabulary", {**SCHEMA, "max_vocab": 5}, "distinct training values, more than max_vocab 5"),
 ]
 
 
 @pytest.mark.parametrize(("case", "schema", "message"), BAD, ids=[b[0] for b in BAD])
 def test_bad_tables_fail_with_one_line_and_exit_2(tmp_path, capsys, case, schema, message):
-    csv = write_csv(tmp_path / "c.csv", rows=60)
+    csv = write_csv(tmp_path / "c.csv", rows=200)
     if case == "missing":
         lines = csv.read_text().splitlines()
         csv.write_text("\n".join([lines[0] + ",empty", *[line + "," for line in lines[1:]]]) + "\n")
@@ -211,3 +214,18 @@ def test_a_million_distinct_categories_are_refused_unless_hashed():
     assert enc.fields[0].size == 1001
     codes = encode_columns({"id": values[:5000]}, enc, 5000)[:, 0]
     assert codes.min() >= 1 and codes.max() <= 1000 and len(set(codes.tolist())) > 900
+
+
+def test_a_tabular_run_uses_its_threads_and_restores_the_callers(tmp_path, monkeypatch):
+    from distil.pipeline import run_recipe
+
+    seen = []
+    monkeypatch.setattr("distil.tabular.run.TabularRun.execute", lambda self: seen.append(torch.get_num_threads())
+                        or {"task": "binary", "models": {}, "distilled_from": "x"})
+    recipe = load_recipe(csv_recipe(tmp_path, write_csv(tmp_path / "c.csv", rows=40)), ["tabular.threads=1"])
+    torch.set_num_threads(2)
+    try:
+        run_recipe(recipe, tmp_path / "runs")
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)

@@ -89,6 +89,14 @@ class TabularConfig(_Strict):
     teacher_epochs: int | None = Field(None, ge=1, description="default: train.epochs")
     latency_batches: list[int] = Field(default_factory=lambda: [1, 512], min_length=1)
     export: bool = Field(True, description="ONNX export of the student (encoded inputs; encoders outside the graph)")
+    transparent: list[Literal["rules", "tree", "linear"]] = Field(default_factory=list, description="transparent "
+                                                                  "students (distil.explain) fitted on the "
+                                                                  "distillation teacher's probabilities over "
+                                                                  "readable serving-time features, each also on "
+                                                                  "the labels alone: AUC, fidelity, the rules")
+    threads: int = Field(1, ge=0, description="torch CPU threads while the tabular stages run (restored after): "
+                         "these small embedding models run fastest on one, 2-8x slower on a busy many-core CPU "
+                         "with more; 0 = torch's default")
 
     @model_validator(mode="after")
     def _csv_needs(self) -> TabularConfig:

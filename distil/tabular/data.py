@@ -14,6 +14,7 @@ from distil.tabular.config import TabularConfig
 from distil.tabular.csv_table import read_csv_table
 from distil.tabular.encoders import Encoders, encode_columns, fit_encoders, is_missing
 from distil.tabular.movielens import movielens_100k
+from distil.tabular.records import raw_record
 from distil.tabular.table import Table
 
 
@@ -29,6 +30,7 @@ class TabularSplits:
     test_groups: np.ndarray | None
     split: str
     positive_rate: float | None
+    example: dict  # the first training row as a raw record of every field (the serving example)
 
     @property
     def num_classes(self) -> int:
@@ -119,4 +121,6 @@ def load_tabular(cfg: TabularConfig, data: DataConfig) -> TabularSplits:
         index = torch.from_numpy(rows)
         return IndexedTensorDataset(x[index].contiguous(), target[index].contiguous())
 
-    return TabularSplits(table.source, part(train), part(val), part(test), encoders, groups, split, positive)
+    example = raw_record(table.columns, int(train[0]), encoders.fields, encoders.separator)
+    return TabularSplits(table.source, part(train), part(val), part(test), encoders, groups, split, positive,
+                         example)

@@ -63,9 +63,13 @@ class Encoders:
         """The fields a student (and serving) sees: all but the teacher-only ones."""
         return [f for f in self.fields if not f.teacher_only]
 
+    def to_dict(self) -> dict:
+        """The encoders as plain JSON data (in the model files' metadata)."""
+        return asdict(self)
+
     def to_json(self) -> str:
-        """The encoders as JSON text (saved with the run and in the model files)."""
-        return json.dumps(asdict(self), sort_keys=True)
+        """The encoders as JSON text (encoders.json of the run)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | dict) -> Encoders:

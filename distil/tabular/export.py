@@ -1,5 +1,6 @@
 """ONNX export of a tabular student: the graph takes encoded rows (float32, serving-time fields only); the encoders
-(vocabularies, training statistics) stay outside it, in encoders.json, applied by `encode_records` before the call.
+(vocabularies, training statistics) stay outside it, in encoders.json and in the file's metadata, applied by
+`encode_records` (or `distil serve`, which reads them from the file) before the call.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from distil.errors import DistilError
 from distil.tabular.data import TabularSplits
 
 ATOL = 1e-4
+METADATA_KEY = "distil"  # the metadata property distil.compress.onnx_export.OnnxModel (and distil serve) reads
 
 
-def export_student(model: nn.Module, splits: TabularSplits, path: Path) -> dict:
-    """Write the student as ONNX with a dynamic batch axis, check it against PyTorch on the test rows, report both."""
+def export_student(model: nn.Module, splits: TabularSplits, path: Path, metadata: dict) -> dict:
+    """Write the student as ONNX with a dynamic batch axis and the model file's `metadata` (with the encoders, so
+    `distil serve` of the .onnx takes raw records too), check it against PyTorch on the test rows, report both."""
     import onnxruntime as ort
 
     width = splits.encoders.width(teacher=False)
@@ -44,11 +47,11 @@ def export_student(model: nn.Module, splits: TabularSplits, path: Path) -> dict:
                           "tabular.export: false.") from None
     finally:
         logger.setLevel(level)
-    entry = program.model_proto.metadata_props.add()
-    entry.key, entry.value = "distil", json.dumps({"encoders": "encoders.json", "input": "encoded rows",
-                                                    "width": width})
+    proto = program.model_proto  # a new proto on each access: keep one
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
     trial = path.with_name(f".{path.name}.unchecked")
-    atomic_write_bytes(trial, program.model_proto.SerializeToString())
+    atomic_write_bytes(trial, proto.SerializeToString())
     session = ort.InferenceSession(str(trial), providers=["CPUExecutionProvider"])
     got = session.run(None, {"rows": rows.numpy().astype(np.float32)})[0]
     want = predict(model, splits.test, torch.device("cpu")).numpy()

@@ -14,7 +14,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from distil.errors import DistilError
 from distil.methods.base import Outputs
+from distil.models.registry import register_prefix
+from distil.recipe import ModelConfig
 from distil.tabular.config import TabularModelConfig
 from distil.tabular.encoders import Field
 
@@ -198,3 +201,27 @@ BUILDERS: dict[str, Callable[..., TabularModel]] = {
 def build_tabular(cfg: TabularModelConfig, fields: list[Field], task: str, num_classes: int) -> TabularModel:
     """A fresh model of `cfg` over `fields` for the task (binary / multiclass / regression)."""
     return BUILDERS[cfg.name](cfg, fields, num_classes, task == "binary")
+
+
+def tabular_model_spec(cfg: TabularModelConfig, fields: list[Field], task: str) -> dict:
+    """What a model file records to rebuild a tabular model: its config, the task and the field layout (no
+    vocabularies: those travel in the file's "records" preprocessing)."""
+    layout = [{"name": f.name, "kind": f.kind, "offset": f.offset, "width": f.width, "size": f.size} for f in fields]
+    return {"model": cfg.model_dump(mode="json"), "task": task, "fields": layout}
+
+
+def build_from_spec(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """The model of a tabular model file (`tabular:<name>` with its `tabular` spec), for distil eval / serve."""
+    spec = cfg.tabular
+    try:
+        model_cfg = TabularModelConfig.model_validate(spec["model"])
+        fields = [Field(**f) for f in spec["fields"]]
+        task = spec["task"]
+    except (KeyError, TypeError, ValueError):
+        raise DistilError(f"model '{cfg.name}': tabular models are built by a recipe's tabular: section (its "
+                          "teachers and student); a model file naming one must carry its tabular spec.") from None
+    return build_tabular(model_cfg, fields, task, num_classes)
+
+
+register_prefix("tabular:", build_from_spec, "tabular:<name>", "a tabular model file's architecture (deepfm, dcn_v2, "
+                "wide_deep, mlp, fm, lr over field embeddings): set in the tabular: section of a recipe")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from distil.checkpoint import atomic_write_text
+from distil.tabular.seeds import verdict_lines
 
 LABELS = {"ensemble": "teacher ensemble (mean)", "student": "student (distilled)", "alone": "student (alone)"}
 METRICS = {"binary": [("AUC", "auc"), ("gAUC", "gauc"), ("log-loss", "logloss"), ("ECE", "ece")],
@@ -50,12 +51,34 @@ def gain_lines(results: dict) -> list[str]:
     return lines
 
 
+def transparent_lines(record: dict | None) -> list[str]:
+    """The transparent students' section: AUC, fidelity and size of each, distilled and alone, and their text."""
+    if not record:
+        return []
+    lines = ["", "## Transparent students", "",
+             f"Fitted on {record['features']} readable serving-time features (test AUC of the teacher they learn "
+             f"from: {record['teacher_auc']:.4f}); fidelity = share of test rows where student and teacher pick the "
+             "same class.", "", "| student | trained on | AUC | fidelity | size |", "|---|---|---:|---:|---|"]
+    for kind, row in record["students"].items():
+        for variant, what in (("distilled", "the teacher's probabilities"), ("alone", "the labels")):
+            r = row[variant]
+            size = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in r["size"].items())
+            lines.append(f"| {kind} | {what} | {r['auc']:.4f} | {r['fidelity']:.4f} | {size} |")
+    for kind, row in record["students"].items():
+        lines += ["", f"{kind} (distilled):", "", "```", *row["text"], "```"]
+    return lines
+
+
 def render_tabular_text(results: dict) -> str:
     """The table as aligned text and the gain lines, for the terminal."""
     table = rows(results)
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     text = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in table]
-    return "\n".join([*text, *gain_lines(results)])
+    verdict = [line.replace("**", "") for line in verdict_lines(results.get("verdict"))]
+    transparent = [f"- transparent {kind}: AUC {row['distilled']['auc']:.4f} distilled vs {row['alone']['auc']:.4f} "
+                   f"alone, fidelity to the teacher {row['distilled']['fidelity']:.4f} (rules in report.md)"
+                   for kind, row in (results.get("transparent") or {}).get("students", {}).items()]
+    return "\n".join([*text, *gain_lines(results), *verdict, *transparent])
 
 
 def render_tabular_markdown(results: dict) -> str:
@@ -74,6 +97,9 @@ def render_tabular_markdown(results: dict) -> str:
               + ", ".join(f"{label(k)} {v:.4f}" for k, v in results["val_scores"].items()) + ").", "",
               "| " + " | ".join(table[0]) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(table[0]) - 2)) + "|",
               *["| " + " | ".join(row) + " |" for row in table[1:]], "", "## Gains", "", *gain_lines(results)]
+    if results.get("verdict"):
+        lines += ["", "## Verdict over paired seeds", "", *verdict_lines(results["verdict"])]
+    lines += transparent_lines(results.get("transparent"))
     if "export" in results:
         e = results["export"]
         lines += ["", "## Export", "", f"`{Path(e['path']).name}` takes encoded rows of width {e['input_width']} "

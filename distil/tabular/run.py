@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 
 from distil import checkpoint
@@ -24,8 +25,11 @@ from distil.tabular.data import TabularSplits, load_tabular
 from distil.tabular.export import export_student
 from distil.tabular.latency import latencies_ms
 from distil.tabular.metrics import HEADLINE, task_metrics
-from distil.tabular.models import Ensemble, build_tabular
-from distil.tabular.report import render_tabular_text, write_tabular_report
+from distil.tabular.models import Ensemble, build_tabular, tabular_model_spec
+from distil.tabular.records import records_spec
+from distil.tabular.report import label, render_tabular_text, write_tabular_report
+from distil.tabular.seeds import check_seeds, paired_seed_rows, seeds_verdict
+from distil.tabular.transparent import transparent_students
 from distil.teachers import LiveTeacher
 
 log = logging.getLogger("distil")
@@ -40,6 +44,7 @@ class TabularRun:
     """The stages of a tabular recipe in `runs/<name>/`; a finished model file is reused on --resume."""
 
     def __init__(self, recipe: Recipe, runs_dir: Path | str, *, resume: bool, overwrite: bool, quiet: bool) -> None:
+        check_seeds(recipe)
         self.recipe, self.cfg = recipe, recipe.tabular
         self.dir = Path(runs_dir) / recipe.name
         self.resume, self.quiet = resume, quiet
@@ -75,9 +80,11 @@ class TabularRun:
         return self.dir / "models" / f"{role}.pt"
 
     def train(self, role: str, cfg: TabularModelConfig, terms: list[LossTerm], *, teacher: bool,
-              source: nn.Module | None = None, epochs: int | None = None) -> nn.Module:
-        """Train (or on resume load) the model of `role` against `terms`, the teacher `source` when given."""
-        seed_everything(self.recipe.seed)  # the distilled and the alone student start from the same weights
+              source: nn.Module | None = None, epochs: int | None = None, seed: int | None = None) -> nn.Module:
+        """Train (or on resume load) the model of `role` against `terms`, the teacher `source` when given, from
+        `seed` (default: the recipe's)."""
+        seed = self.recipe.seed if seed is None else seed
+        seed_everything(seed)  # the distilled and the alone student start from the same weights
         model = self.build(cfg, teacher)
         done = self.model_path(role)
         if self.resume and done.is_file():
@@ -86,7 +93,7 @@ class TabularRun:
             return model.to(self.device).eval()
         val = self.splits.val if self.task != "regression" and len(self.splits.val) else None
         fit = Fit(stage=role, model=model, objective=scheduled_objective(terms), train=self.splits.train, val=val,
-                  cfg=self.recipe.train, device=self.device, seed=self.recipe.seed,
+                  cfg=self.recipe.train, device=self.device, seed=seed,
                   teacher=LiveTeacher(source) if source is not None else None, epochs=epochs,
                   checkpoint_path=self.dir / "checkpoints" / f"{role}.ckpt", log=self.log, quiet=self.quiet)
         if not self.resume:
@@ -95,13 +102,29 @@ class TabularRun:
         self.save(role, model, cfg, teacher)
         return model
 
+    def student_terms(self) -> list[LossTerm]:
+        """The distilled student's objective: the recipe's distill.losses."""
+        return list(self.recipe.distill.losses)
+
+    def alone_terms(self) -> list[LossTerm]:
+        """The student alone's objective: the label terms of distill.losses (or the task's label loss)."""
+        return label_terms(self.student_terms()) if self.task != "regression" else label_loss(self.task)
+
     def save(self, role: str, model: nn.Module, cfg: TabularModelConfig, teacher: bool) -> None:
         """A model file with its architecture and the encoders its inputs need (preprocessing travels with it)."""
+        checkpoint.save_model(self.model_path(role), model, **self.file_metadata(role, cfg, teacher))
+
+    def file_metadata(self, role: str, cfg: TabularModelConfig, teacher: bool) -> dict:
+        """What a model file (and the student's ONNX export) of `role` records: the architecture over its fields,
+        the "records" preprocessing (encoders, a raw example) and the table it was trained on (for distil eval)."""
         enc = self.splits.encoders
-        checkpoint.save_model(self.model_path(role), model, config={"tabular": cfg.model_dump(mode="json"),
-                              "teacher_fields": teacher}, input_shape=(enc.width(teacher),),
-                              num_classes=self.splits.num_classes, class_names=enc.class_names,
-                              extra={"run": self.recipe.name, "role": role, "encoders": json.loads(enc.to_json())})
+        fields = enc.fields if teacher else enc.student_fields()
+        example = {f.name: self.splits.example[f.name] for f in fields}
+        config = {"name": f"tabular:{cfg.name}", "tabular": tabular_model_spec(cfg, fields, self.task)}
+        table = {"tabular": self.cfg.model_dump(mode="json"), "data": self.recipe.data.model_dump(mode="json")}
+        return {"config": config, "input_shape": (enc.width(teacher),), "num_classes": self.splits.num_classes,
+                "class_names": enc.class_names, "extra": {"run": self.recipe.name, "role": role},
+                "preprocess": records_spec(enc, example, teacher), "table": table}
 
     def headline(self, model: nn.Module) -> float:
         """The model's validation score (AUC, accuracy, or minus RMSE), higher is better."""
@@ -129,16 +152,24 @@ class TabularRun:
         if len(teachers) > 1:
             models["ensemble"] = Ensemble(list(teachers.values())).to(self.device).eval()
         source_role = "ensemble" if self.cfg.distill_from == "ensemble" and len(teachers) > 1 else best
-        terms = list(self.recipe.distill.losses)
-        models["student"] = self.train("student", self.cfg.student, terms, teacher=False, source=models[source_role],
-                                       epochs=self.recipe.distill.epochs)
+        self.source = models[source_role]
+        models["student"] = self.train("student", self.cfg.student, self.student_terms(), teacher=False,
+                                       source=self.source, epochs=self.recipe.distill.epochs)
         if self.recipe.distill.baseline:
-            alone = label_terms(terms) if self.task != "regression" else label_loss(self.task)
-            models["alone"] = self.train("alone", self.cfg.student, alone, teacher=False,
+            models["alone"] = self.train("alone", self.cfg.student, self.alone_terms(), teacher=False,
                                          epochs=self.recipe.distill.epochs)
         results = self.evaluate(models, source_role, scores)
+        if self.recipe.eval.seeds > 1:
+            rows = paired_seed_rows(self, results["models"])
+            results["verdict"] = seeds_verdict(rows, self.task)
+            self.log.write({"stage": "verdict", **results["verdict"]})
+        if self.cfg.transparent:
+            results["transparent"] = transparent_students(self.splits, self.source, self.cfg.transparent,
+                                                          self.device, self.recipe.seed)
         if self.cfg.export:
-            results["export"] = export_student(models["student"], self.splits, self.dir / "models" / "student.onnx")
+            meta = checkpoint.model_metadata(**self.file_metadata("student", self.cfg.student, teacher=False))
+            results["export"] = export_student(models["student"], self.splits, self.dir / "models" / "student.onnx",
+                                               meta)
         checkpoint.atomic_write_text(self.dir / "results.json", json.dumps(results, indent=2))
         write_tabular_report(self.dir, results)
         return results
@@ -151,6 +182,7 @@ class TabularRun:
             row = self.metrics(model, test, self.splits.test_groups)
             row["params"] = sum(p.numel() for p in model.parameters())
             row["fields"] = "all" if role.startswith("teacher") or role == "ensemble" else "serving-time"
+            row["label"] = label(role)
             out[role] = row
         for batch in self.cfg.latency_batches:
             for role, ms in latencies_ms(models, test.x, batch, self.device).items():
@@ -178,7 +210,13 @@ class TabularResult:
 
 def run_tabular(recipe: Recipe, runs_dir: Path | str = "runs", *, resume: bool = False, overwrite: bool = False,
                 quiet: bool = False) -> TabularResult:
-    """Run a recipe with a `tabular:` section in `runs_dir/<name>/`."""
-    run = TabularRun(recipe, runs_dir, resume=resume, overwrite=overwrite, quiet=quiet)
-    results = run.execute()
+    """Run a recipe with a `tabular:` section in `runs_dir/<name>/` (on `tabular.threads` torch threads)."""
+    previous = torch.get_num_threads()
+    if recipe.tabular.threads:
+        torch.set_num_threads(recipe.tabular.threads)
+    try:
+        run = TabularRun(recipe, runs_dir, resume=resume, overwrite=overwrite, quiet=quiet)
+        results = run.execute()
+    finally:
+        torch.set_num_threads(previous)
     return TabularResult(run.dir, results, render_tabular_text(results))
