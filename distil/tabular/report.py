@@ -76,7 +76,7 @@ def render_tabular_text(results: dict) -> str:
     text = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in table]
     verdict = [line.replace("**", "") for line in verdict_lines(results.get("verdict"))]
     transparent = [f"- transparent {kind}: AUC {row['distilled']['auc']:.4f} distilled vs {row['alone']['auc']:.4f} "
-                   f"alone, fidelity to the teacher {row['distilled']['fidelity']:.4f} (rules in report.md)"
+                   f"alone, fidelity to the teacher {row['distilled']['fidelity']:.4f} (see report.md)"
                    for kind, row in (results.get("transparent") or {}).get("students", {}).items()]
     return "\n".join([*text, *gain_lines(results), *verdict, *transparent])
 
