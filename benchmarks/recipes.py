@@ -78,7 +78,7 @@ NOTES = """## Notes
   89-92% from an ensemble that was itself 98% right. Its third teacher, trained on digits 0-4 only, is sure and wrong
   on every 5-9 and had a full vote there; KD at T=4 passed its wrong class on as a large share of the target. Now a
   teacher with `classes` only divides the mass the full-class teachers give its classes: the same recipe +0.84 ±
-  2.40 (the variant row above).
+  2.40 (the variant rows).
 - **sklearn's digits leaves no room to resolve a gain.** The student alone scores 96.7-97.2% on 359 test digits
   (one digit = 0.28 points) under a 99.7% teacher; every strategy's gain there is at most 1.3 points, inside what 3
   seeds resolve. augment, schedules, transfer_set, multi_teacher and continual moved to MNIST-1D (1,000 test samples,
@@ -86,8 +86,11 @@ NOTES = """## Notes
   stay on digits, having shown no gain on MNIST-1D either (variant rows).
 - **continual on digits**: plain fine-tuning kept 99.3% on the old two-digit tasks (task scenario), so there was no
   forgetting for LwF to prevent (+0.35 ± 0.86). On MNIST-1D fine-tuning falls to 74% and LwF keeps 89%.
-- Re-keyed: these runs were made with the recipes' earlier files plus `--set` overrides; each row's command was
-  checked to resolve to the same recipe (name aside) before it was filed under it."""
+- The shipped recipes' rows were measured on the CPU with the recipes as they are; most variant rows (cuda) were
+  run with the recipes' earlier files plus `--set` overrides and filed under the command shown after checking that
+  both resolve to the same recipe (name aside). GPU and CPU runs of one recipe differ in the last digits of
+  floating point, so their per-seed numbers differ: e.g. continual +14.98 ± 4.17 (cuda) and +14.41 ± 3.88 (cpu),
+  transfer_set +5.60 ± 4.72 and +6.17 ± 4.20."""
 
 
 def parse(spec: str) -> tuple[str, list[str]]:
@@ -225,8 +228,8 @@ def render(raw: dict[str, dict]) -> str:
              "Δ = test top-1 (points) of the first model minus the second, paired seed for seed (seeds 0, 1, 2: the "
              "same initialisation and data order), mean ± half-width of the 95% t-interval; verdict as `distil run "
              "--seeds` words it (gain: the interval above 0; loss: below; else no detectable gain). Wall: seconds "
-             "of that recipe's runs in this script, on the device named (cuda: one H200 with 16 recipes measured in "
-             "parallel, so a CPU takes longer).", ""]
+             "of that recipe's runs in this script, on the device named (cpu: 2 cores shared with other work, recipes "
+             "one at a time; cuda: one H200 with 16 recipes measured in parallel).", ""]
     specs = sorted((s for s in raw if "runs" in raw[s]), key=lambda s: (ORDER.index(parse(s)[0]), s))
     for title, chosen in (("The recipes as shipped", [s for s in specs if "@" not in s]),
                           ("Variants (`--set` overrides of the shipped recipe)", [s for s in specs if "@" in s])):

@@ -34,7 +34,7 @@ from distil.compress.files import load_any
 from distil.compress.onnx_export import OnnxModel
 from distil.data import load_dataset
 from distil.engine import predict, targets_of
-from distil.profile import count_parameters, time_forward, weight_bytes
+from distil.profile import count_parameters, time_forwards, weight_bytes
 from distil.recipe import load_recipe
 
 CPU = torch.device("cpu")
@@ -57,7 +57,7 @@ def interleaved_latency(models: dict[str, torch.nn.Module], shape: tuple[int, ..
     times: dict[str, list[float]] = {name: [] for name in models}
     for r in range(rounds):
         for name in list(models)[:: 1 if r % 2 == 0 else -1]:
-            times[name].append(time_forward(models[name], x, repeats) * 1000)
+            times[name].append(time_forwards([(models[name], x)], repeats)[0] * 1000)
     return {name: statistics.median(t) for name, t in times.items()}
 
 

@@ -17,7 +17,7 @@ from distil.engine import predict, targets_of
 from distil.explain.stage import run_explain
 from distil.metrics import classification_metrics
 from distil.preflight import check_models
-from distil.profile import profile_model
+from distil.profile import profile_models
 from distil.recipe import Recipe
 from distil.report import gains, write_report
 from distil.report_html import save_predictions
@@ -53,16 +53,15 @@ class Run(RunContext):
         self.predicted = {role: out.argmax(-1) for role, out in logits.items()}  # for distil.guards
         teacher_logits = logits.get("teacher")
         save_predictions(self.dir / "predictions.npz", target, logits, self.splits.class_names)
+        text = hasattr(self.splits, "profile")  # text: each model timed on real tokenized test sentences
+        profiles = {} if text else profile_models(models, self.splits.input_shape, self.device,
+                                                  latency_batch=e.latency_batch,
+                                                  throughput_batch=e.throughput_batch, repeats=e.latency_repeats)
         results = {}
         for role, model in models.items():
             metrics = classification_metrics(logits[role], target, self.splits.num_classes,
                                              teacher_logits=teacher_logits, ece_bins=e.ece_bins)
-            if hasattr(self.splits, "profile"):  # text: timed on real tokenized test sentences
-                metrics.update(self.splits.profile(model, self.device, e))
-            else:
-                metrics.update(profile_model(model, self.splits.input_shape, self.device,
-                                             latency_batch=e.latency_batch, throughput_batch=e.throughput_batch,
-                                             repeats=e.latency_repeats))
+            metrics.update(self.splits.profile(model, self.device, e) if text else profiles[role])
             results[role] = {"label": ROLES.get(role, role), **metrics}
             self.log.write({"stage": "evaluate", "model": role, **metrics})
         latency_batch = 1 if hasattr(self.splits, "profile") else e.latency_batch  # text: one sentence at a time

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import statistics
 import time
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -28,32 +29,45 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def time_forward(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int = 3) -> float:
-    """Median seconds of one forward pass of `model` on `x`."""
-    model.eval()
-    for _ in range(warmup):
-        model(x)
+def _time_once(model: nn.Module, x: torch.Tensor) -> float:
+    start = time.perf_counter()
+    model(x)
     _sync(x.device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(x)
+    return time.perf_counter() - start
+
+
+@torch.inference_mode()
+def time_forwards(runs: Sequence[tuple[nn.Module, torch.Tensor]], repeats: int, warmup: int = 3) -> list[float]:
+    """Median seconds of one forward pass of each (model, inputs), timed interleaved: every round times each model
+    once, so load that comes and goes on a shared machine falls on all of them alike."""
+    for model, x in runs:
+        model.eval()
+        for _ in range(warmup):
+            model(x)
         _sync(x.device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: list[list[float]] = [[] for _ in runs]
+    for _ in range(repeats):
+        for spent, (model, x) in zip(times, runs):
+            spent.append(_time_once(model, x))
+    return [statistics.median(spent) for spent in times]
+
+
+def profile_models(models: Mapping[str, nn.Module], input_shape: tuple[int, ...], device: torch.device, *,
+                   latency_batch: int = 1, throughput_batch: int = 256,
+                   repeats: int = 50) -> dict[str, dict[str, float]]:
+    """`profile_model` of several models, their timings interleaved so that their ratios can be trusted."""
+    placed = {name: model.to(device) for name, model in models.items()}
+    small = torch.randn(latency_batch, *input_shape, device=device)
+    large = torch.randn(throughput_batch, *input_shape, device=device)
+    latency = time_forwards([(m, small) for m in placed.values()], repeats)
+    batch_time = time_forwards([(m, large) for m in placed.values()], max(3, repeats // 5))
+    return {name: {"params": count_parameters(m), "bytes": weight_bytes(m), "latency_ms": lat * 1000,
+                   "throughput": throughput_batch / bt}
+            for (name, m), lat, bt in zip(placed.items(), latency, batch_time)}
 
 
 def profile_model(model: nn.Module, input_shape: tuple[int, ...], device: torch.device, *, latency_batch: int = 1,
                   throughput_batch: int = 256, repeats: int = 50) -> dict[str, float]:
     """Parameters, bytes, median latency (ms) at `latency_batch` and throughput (samples/s) at `throughput_batch`."""
-    model = model.to(device)
-    small = torch.randn(latency_batch, *input_shape, device=device)
-    large = torch.randn(throughput_batch, *input_shape, device=device)
-    latency = time_forward(model, small, repeats)
-    batch_time = time_forward(model, large, max(3, repeats // 5))
-    return {
-        "params": count_parameters(model),
-        "bytes": weight_bytes(model),
-        "latency_ms": latency * 1000,
-        "throughput": throughput_batch / batch_time,
-    }
+    return profile_models({"model": model}, input_shape, device, latency_batch=latency_batch,
+                          throughput_batch=throughput_batch, repeats=repeats)["model"]

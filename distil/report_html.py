@@ -16,7 +16,7 @@ import torch
 
 from distil.checkpoint import atomic_write_text, write_atomically
 from distil.extras import available
-from distil.report_table import batches, columns, render_gains, table_rows
+from distil.report_table import batches, columns, human, render_gains, table_rows
 from distil.runlog import MetricsLog
 from distil.verdict import render_verdict
 
@@ -131,7 +131,7 @@ def plot_tradeoff(results: dict) -> str:
 def tradeoff_figure(results: dict) -> tuple:
     """The accuracy-vs-size and vs-latency figure and its labels' display boxes (placed so that none overlaps)."""
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     fig.subplots_adjust(left=0.08, right=0.98, top=0.91, bottom=0.16, wspace=0.25)
@@ -146,9 +146,14 @@ def tradeoff_figure(results: dict) -> tuple:
                        linewidths=0.8, zorder=3)
             points.append((m[key], m["top1"], m["label"]))
         ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.margins(x=0.35, y=0.2)
         ax.autoscale_view()
+        low, high = ax.get_xlim()  # ticks at 1, 2, 5 per decade over a short range (labelled within one decade)
+        subs = (1.0, 2.0, 5.0) if np.log10(high / low) <= 2.5 else (1.0,)
+        ax.xaxis.set_major_locator(LogLocator(subs=subs))
+        ax.xaxis.set_major_formatter(FuncFormatter(_byte_tick if key == "bytes" else _plain_tick))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.tick_params(axis="x", labelsize=8)
         ax.set_xlabel(label)
         ax.set_ylabel("top-1")
         ax.set_title(f"accuracy vs {label.split(' (')[0]}", fontsize=10)
@@ -223,6 +228,14 @@ def _box(x: float, y: float, half: float):
 
 def _within(box, outer) -> bool:
     return outer.x0 <= box.x0 and box.x1 <= outer.x1 and outer.y0 <= box.y0 and box.y1 <= outer.y1
+
+
+def _byte_tick(value: float, _position: int) -> str:
+    return human(value, "B")
+
+
+def _plain_tick(value: float, _position: int) -> str:
+    return f"{value:g}"
 
 
 def confusion(target: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:

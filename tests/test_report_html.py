@@ -149,3 +149,13 @@ def test_the_table_and_gains_name_the_batches_the_run_measured_at():
     assert "latency b=4" in header and "thrpt b=16" in header and "b=256" not in header
     assert "at batch 4" in render_gains(gains(results))[-1] and "at batch 16" in render_gains(gains(results))[-1]
     assert "thrpt b=256" in render_text({"models": models})  # results.json of older runs: the defaults
+
+
+def test_log_axes_label_their_ticks_even_within_one_decade():
+    close = {role: {**m, "latency_ms": 0.026 + 0.0002 * k} for k, (role, m) in enumerate(CROWDED.items())}
+    fig, _ = tradeoff_figure({"models": close})
+    fig.canvas.draw()
+    for ax in fig.axes:
+        low, high = ax.get_xlim()
+        shown = [t.get_text() for t in ax.get_xticklabels() if t.get_text() and low <= t.get_position()[0] <= high]
+        assert len(shown) >= 2, shown

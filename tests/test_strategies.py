@@ -260,6 +260,9 @@ def test_transfer_terms():
     ({"distill": {"losses": [{"name": "kd", "schedule": {"tau": {"start": 1, "kind": "constant"}}}]}},
      "distill.losses.0.schedule.tau"),
     ({"distill": {"losses": [{"name": "ce", "sample_weight": "confidence"}]}}, "distill.losses.0.sample_weight"),
+    ({"distill": {"strategy": "continual", "tasks": 2}, "eval": {"seeds": 3}}, "eval.seeds: the continual strategy"),
+    ({"distill": {"strategy": "self"}, "eval": {"seeds": 2}}, "eval.seeds: the self strategy"),
+    ({"distill": {"baseline": False}, "eval": {"seeds": 2}}, "eval.seeds: 2 paired seeds need the student alone"),
 ])
 def test_recipe_checks_name_the_field(raw, message):
     with pytest.raises(DistilError, match=message.replace(".", r"\.")):

@@ -23,7 +23,7 @@ from distil.engine import predict, targets_of
 from distil.errors import DistilError
 from distil.methods import build_objective
 from distil.metrics import classification_metrics
-from distil.profile import count_parameters, profile_model
+from distil.profile import count_parameters, profile_model, profile_models
 from distil.recipe import DataConfig, ExportConfig, ModelConfig, load_recipe
 from distil.teachers import LiveTeacher
 
@@ -236,6 +236,7 @@ def export_file(target: Path, out: Path | None = None, data: DataConfig | None =
                 "data": meta.get("data") or data.model_dump(mode="json")}
     cfg = recipe.export if recipe is not None and recipe.export is not None else ExportConfig()
     parity = export_checked(model, splits.input_shape, dest, splits.test, cfg, metadata)
-    latency = {name: profile_model(m, splits.input_shape, CPU, throughput_batch=64, repeats=30)["latency_ms"]
-               for name, m in (("onnx", OnnxModel(dest)), ("torch", model.cpu()))}
+    profiles = profile_models({"onnx": OnnxModel(dest), "torch": model.cpu()}, splits.input_shape, CPU,
+                              throughput_batch=64, repeats=30)
+    latency = {name: profile["latency_ms"] for name, profile in profiles.items()}
     return dest, {**parity, "bytes": dest.stat().st_size, "sha256": sha256_of(dest), "latency_ms": latency}

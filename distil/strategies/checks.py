@@ -10,6 +10,8 @@ STRATEGY_OF = {"teachers": "multi_teacher", "combine": "multi_teacher", "feature
                "peers": "online", "online_teacher": "online", "generations": "self", "ensemble": "self",
                "tasks": "continual", "scenario": "continual", "labeled": "transfer_set", "threshold": "transfer_set"}
 NO_TEACHER = {"continual": "it trains no teacher", "online": "it has one only with distill.online_teacher: true"}
+NO_ALONE = {"self": "generation 0 (labels only) is its reference",
+            "continual": "plain fine-tuning and joint training are its references"}
 
 
 def check_terms(terms: list[LossTerm], field: str = "distill.losses") -> None:
@@ -49,6 +51,8 @@ def check_recipe(recipe: Recipe) -> None:
             if getattr(recipe, section, None) is not None:
                 raise DistilError(f"{section} needs a teacher but the {d.strategy} strategy has none "
                                   f"({NO_TEACHER[d.strategy]}); remove the {section} section.")
+    if recipe.eval.seeds > 1 and recipe.lm is None and recipe.tabular is None:
+        _check_seeds(recipe)
     if d.strategy == "multi_teacher":
         _check_teachers(d)
     elif d.strategy == "transfer_set":
@@ -66,6 +70,17 @@ def check_recipe(recipe: Recipe) -> None:
     elif d.strategy == "online" and d.online_teacher and recipe.teacher.checkpoint:
         raise DistilError("teacher.checkpoint: the online teacher trains from scratch with the students; remove "
                           "teacher.checkpoint or set distill.online_teacher: false.")
+
+
+def _check_seeds(recipe: Recipe) -> None:
+    """Paired seeds (distil.seeds) pair the distilled student with the student alone: say so before training."""
+    d = recipe.distill
+    if d.strategy in NO_ALONE:
+        raise DistilError(f"eval.seeds: the {d.strategy} strategy trains no student alone to pair seeds with "
+                          f"({NO_ALONE[d.strategy]}); set eval.seeds: 1 and run each seed with --set seed=N.")
+    if not d.baseline:
+        raise DistilError(f"eval.seeds: {recipe.eval.seeds} paired seeds need the student alone; set "
+                          "distill.baseline: true or eval.seeds: 1.")
 
 
 def _check_teachers(d: DistillConfig) -> None:

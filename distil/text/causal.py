@@ -2,8 +2,9 @@
 
 The student learns the teacher's next-token distribution at every real position with a sequence divergence from
 the method registry (`fkl`, `rkl`, `jsd`, `skew_fkl`, `skew_rkl`, `tvd`); targets are next-token ids with -100 at
-padding and prompt positions, so neither counts. The teacher runs live, or once into a top-k cache
-(`TokenCache`: the k largest log-probabilities per token and the remaining mass); on-policy mode (GKD) lets the
+padding and prompt positions, so neither counts. The teacher runs live, or once into distil's teacher cache
+(distil.cache: the k largest log-probabilities per token, the remaining mass and the character span of each token,
+so a student with another tokenizer reads the same cache through distil.text.align); on-policy mode (GKD) lets the
 student continue the prompts itself and learns the teacher's distribution on its own samples.
 """
 
