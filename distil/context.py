@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,8 @@ from distil.errors import DistilError
 from distil.methods import Objective, teacher_taps
 from distil.metrics import classification_metrics
 from distil.models import build_model
-from distil.recipe import AugmentConfig, LossTerm, ModelConfig, Recipe, TrainConfig, dump_recipe
+from distil.recipe import AugmentConfig, LossTerm, ModelConfig, Recipe, TrainConfig
+from distil.run_folder import prepare_run_folder
 from distil.runlog import MetricsLog
 from distil.strategies.schedules import label_terms, scheduled_objective
 from distil.teacher_store import STORE, TeacherStore, teacher_fingerprint
@@ -89,7 +89,7 @@ class RunContext:
         self.resume = resume
         self.quiet = quiet or not distributed.is_main()
         self.device = distributed.setup(recipe.device)  # joins the process group under torchrun
-        self._prepare_folder(overwrite)
+        prepare_run_folder(self.dir, self.recipe, resume=self.resume, overwrite=overwrite)
         trackers = open_trackers(recipe.track, self.dir, recipe.name, recipe.model_dump(mode="json")) \
             if distributed.is_main() else []
         self.log = MetricsLog(self.dir / "metrics.jsonl", trackers)
@@ -98,21 +98,6 @@ class RunContext:
         self.teacher_reused: str | None = None  # the teacher store's file when the teacher was not trained again
         for warning in self.warnings:
             log.warning("distil: %s", warning)
-
-    def _prepare_folder(self, overwrite: bool) -> None:
-        saved = self.dir / "recipe.yaml"
-        text = dump_recipe(self.recipe)
-        if self.dir.exists() and any(self.dir.iterdir()):
-            if overwrite and distributed.is_main():
-                shutil.rmtree(self.dir)
-            elif not self.resume:
-                raise DistilError(f"run folder {self.dir} already exists; pass --resume to continue it, --overwrite "
-                                  "to start again, or --set name=... for a new run.")
-            elif saved.is_file() and saved.read_text(encoding="utf-8") != text:
-                raise DistilError(f"--resume: the recipe differs from {saved}; resume with the same recipe and "
-                                  "overrides, or start a new run with --set name=....")
-        distributed.barrier()  # every rank has looked at the folder before rank 0 writes into it
-        checkpoint.atomic_write_text(saved, text)
 
     @property
     def trusted_code(self) -> frozenset[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,8 @@ from distil.engine import Fit, resolve_device, seed_everything
 from distil.errors import DistilError
 from distil.methods.base import method_class
 from distil.methods.objective import Objective
-from distil.recipe import LossTerm, Recipe, dump_recipe
+from distil.recipe import LossTerm, Recipe
+from distil.run_folder import prepare_run_folder
 from distil.runlog import MetricsLog
 from distil.teachers import LiveTeacher, TeacherSource
 from distil.text.align import cached_alignment, live_alignment, vocab_map
@@ -76,7 +76,7 @@ class LMRun:
         self.dir = Path(runs_dir) / recipe.name
         self.resume, self.quiet = resume, quiet
         self.device = resolve_device(recipe.device)
-        self._prepare_folder(overwrite)
+        prepare_run_folder(self.dir, self.recipe, resume=self.resume, overwrite=overwrite)
         self.log = MetricsLog(self.dir / "metrics.jsonl")
         self.timings: dict[str, float] = {}
         self.teacher_tok = self._teacher_tokenizer()
@@ -88,19 +88,6 @@ class LMRun:
         self.data = {role: {split: s.dataset(tok, self.lm.max_length) for split, s in self.corpus.splits.items()}
                      for role, tok in (("teacher", self.teacher_tok), ("student", self.student_tok))}
         self._check_terms()
-
-    def _prepare_folder(self, overwrite: bool) -> None:
-        saved, text = self.dir / "recipe.yaml", dump_recipe(self.recipe)
-        if self.dir.exists() and any(self.dir.iterdir()):
-            if overwrite:
-                shutil.rmtree(self.dir)
-            elif not self.resume:
-                raise DistilError(f"run folder {self.dir} already exists; pass --resume to continue it, --overwrite "
-                                  "to start again, or --set name=... for a new run.")
-            elif saved.is_file() and saved.read_text(encoding="utf-8") != text:
-                raise DistilError(f"--resume: the recipe differs from {saved}; resume with the same recipe and "
-                                  "overrides, or start a new run with --set name=....")
-        checkpoint.atomic_write_text(saved, text)
 
     def _tokenizer(self, spec: str, field: str):
         texts = self._train_texts() if spec == "bpe" else []
