@@ -27,6 +27,11 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import IO, Any
 
+try:  # POSIX: temp files of live writers are locked (_hold)
+    import fcntl
+except ImportError:  # Windows: no lock, every leftover temp file is cleaned
+    fcntl = None
+
 import torch
 from torch import nn
 
@@ -79,6 +84,7 @@ def write_atomically(path: Path, writer: Callable[[IO[bytes]], Any], *, keep_pre
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _hold(fd)  # a live writer's temp file is locked: another writer's cleanup below leaves it alone
     try:
         os.chmod(tmp, FILE_MODE)  # mkstemp's 0600 would make report.html and the models unreadable to others
         with os.fdopen(fd, "wb") as f:
@@ -98,7 +104,28 @@ def write_atomically(path: Path, writer: Callable[[IO[bytes]], Any], *, keep_pre
                               "space and run again (with --resume).") from None
         raise
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
-        stale.unlink(missing_ok=True)
+        if not _held_by_another(stale):
+            stale.unlink(missing_ok=True)
+
+
+def _hold(fd: int) -> None:
+    """Lock a temp file for as long as its writer has it open (the lock dies with the process)."""
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _held_by_another(path: Path) -> bool:
+    """Whether a live writer still holds `path` (a temp file of a concurrent write, not one left by a crash)."""
+    if fcntl is None:
+        return False
+    try:
+        with path.open("rb") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # gone already, or unreadable: nothing to keep
+        return False
+    return False
 
 
 def _fsync_dir(folder: Path) -> None:

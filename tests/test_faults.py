@@ -230,3 +230,18 @@ def test_files_written_atomically_get_the_mode_open_would_give(tmp_path):
     checkpoint.atomic_write_text(path, "<html></html>")
     plain.write_text("<html></html>")  # not mkstemp's 0600
     assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == checkpoint.FILE_MODE
+
+
+def test_a_concurrent_writers_temp_file_is_not_cleaned_away(tmp_path) -> None:
+    """Two writers of one file: the cleanup after the first write leaves the second's live temp file alone."""
+    target = tmp_path / "report.html"
+    seen = {}
+
+    def slow_writer(f) -> None:
+        f.write(b"second")
+        checkpoint.write_atomically(target, lambda g: g.write(b"first"))  # finishes (and cleans) meanwhile
+        seen["temps"] = sorted(p.name for p in tmp_path.glob(".report.html.*.tmp"))
+
+    checkpoint.write_atomically(target, slow_writer)
+    assert len(seen["temps"]) == 1  # the outer writer's temp survived the inner writer's cleanup
+    assert target.read_bytes() == b"second" and not list(tmp_path.glob(".*.tmp"))
