@@ -2,8 +2,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test install clean
+.PHONY: demo test install debs clean
 
 $(STAMP): requirements.txt requirements-data.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,14 +16,21 @@ $(STAMP): requirements.txt requirements-data.txt pyproject.toml
 
 install: $(STAMP)
 
-demo: $(STAMP)
+# Debian packages, installed when missing and running as root: chromium (report.html is checked in a headless
+# browser) and dataset-fashion-mnist (the data of distil/recipes/fashion_mnist.yaml); otherwise a line says so.
+debs:
+	@missing=""; command -v chromium >/dev/null || missing=" chromium"; \
+	[ -d $(FASHION_MNIST) ] || missing="$$missing dataset-fashion-mnist"; \
+	skipped="the report.html browser test or the fashion_mnist recipe test is skipped"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ]; then (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing >/dev/null) || \
+		echo "could not install$$missing: $$skipped"; \
+	elif [ -n "$$missing" ]; then echo "missing Debian packages (apt-get install$$missing as root): $$skipped"; fi
+
+demo: $(STAMP) debs
 	$(VENV)/bin/distil run --overwrite
 
-test: $(STAMP)
-	@# report.html is checked in headless Chromium: Debian's package, installed when missing and running as root
-	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || (apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
-		echo "chromium could not be installed: the report.html browser test will be skipped"
+test: $(STAMP) debs
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 

@@ -1,21 +1,28 @@
 """Every registered distillation method on one fixed teacher -> student pair, against the student trained alone.
 
 MNIST-1D (3,600 train / 1,000 test signals of length 40, 10 classes): a 4-block CNN teacher (16-32-64-128
-channels) is trained once; a 2-block CNN student (16-32) learns from it with each method (plus the label loss),
-3 seeds, the same epochs, optimizer and schedule, and alone with the labels only. The teacher's logits and every
-tapped feature the methods read are computed once into the teacher cache, so epoch times show each method's own
-overhead. Writes benchmarks/results/methods.md: top-1 mean ± std, Δ vs alone, epoch time relative to alone.
+channels, 34k parameters) is trained once; a CNN student learns from it with each method (plus the label loss),
+3 seeds, the same epochs, optimizer and schedule, and alone with the labels only. The default student, 3 blocks of
+8-16-32 channels (2.4k parameters), fits its training set (about 99% train accuracy alone); `--student 16,32`, the
+2-block student of the first tables (2.0k parameters), cannot (its receptive field is too small for MNIST-1D), and is
+run for contrast. The teacher's logits and every tapped feature the methods read are computed once into the teacher
+cache, so epoch times show each method's own overhead.
 
-Run: .venv/bin/python benchmarks/methods.py   (about 15 minutes on 2 CPU cores; --epochs, --seeds, --only)
+`--weights published` uses each method's CIFAR-100 weight; `--weights auto` gives every method `weight: auto`
+beside 1·CE (its initial gradient norm equal to CE's, measured by the engine before training).
 
-`--weights auto` gives every method `weight: auto` beside 1·CE (its initial gradient norm equal to CE's, measured
-by the engine before training) instead of its published weight, `--student 32,64` a wider student that can fit
-its training set; train accuracy is reported too (writes methods_auto_<channels>.md by default).
+Writes benchmarks/results/methods_<weights>_<channels>.md (top-1 mean ± std, Δ vs alone paired by seed, train
+accuracy, epoch time relative to alone) and the raw results beside it as .json (`--table FILE.json` rewrites the
+table from them).
+
+Run: .venv/bin/python benchmarks/methods.py [--weights auto] [--student 16,32]   (about 17 minutes each on one core
+of this 2-core machine; --epochs, --seeds, --only)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -35,43 +42,57 @@ from distil.teachers import LiveTeacher
 
 TEACHER = ModelConfig(name="cnn", channels=[16, 32, 64, 128])
 TEACHER_EPOCHS = 30
-S_LAST, T_LAST = "features.1", "features.3"  # the last conv block of each (after its ReLU and pooling)
-S_PRE, T_PRE = "features.1.2:input", "features.3.2:input"  # the same blocks before their ReLU (AB, OFD)
-S_BOTH, T_BOTH = ["features.0", "features.1"], ["features.1", "features.3"]
 LABELS = ("ce", 1.0, {})
 
-# name -> loss terms (method, weight, params): the label loss plus the method, weighted as its paper / RepDistiller /
-# mdistiller run it on CIFAR-100 where our normalization is theirs; otherwise scaled to a comparable size (notes).
-METHODS: dict[str, list[tuple[str, float, dict]]] = {
-    "kd": [("ce", 0.1, {}), ("kd", 0.9, {"temperature": 4})],
-    "dkd": [LABELS, ("dkd", 1.0, {"alpha": 1, "beta": 8, "temperature": 4, "warmup": 0.08})],
-    "dist": [LABELS, ("dist", 1.0, {"beta": 2, "gamma": 2, "temperature": 4})],
-    "ls_kd": [("ce", 0.1, {}), ("ls_kd", 9.0, {"temperature": 2})],
-    "mlkd": [LABELS, ("mlkd", 1.0, {})],
-    "ctkd": [("ce", 0.1, {}), ("ctkd", 0.9, {})],
-    "nkd": [LABELS, ("nkd", 1.0, {})],
-    "mse_logits": [("ce", 0.1, {}), ("mse_logits", 0.9, {})],
-    "fitnet": [LABELS, ("fitnet", 100.0, {"student": S_LAST, "teacher": "features.2"})],
-    "at": [LABELS, ("at", 1000.0, {"student": S_BOTH, "teacher": T_BOTH})],
-    "nst": [LABELS, ("nst", 50.0, {"student": S_LAST, "teacher": T_LAST})],
-    "fsp": [LABELS, ("fsp", 50.0, {"student": S_BOTH, "teacher": ["features.0", "features.1"]})],
-    "ab": [LABELS, ("ab", 0.0, {"student": S_PRE, "teacher": T_PRE, "init_epochs": 1})],
-    "vid": [LABELS, ("vid", 1.0, {"student": S_BOTH, "teacher": T_BOTH})],
-    "ft": [LABELS, ("ft", 3.0, {"student": S_LAST, "teacher": T_LAST, "init_epochs": 1})],
-    "ofd": [LABELS, ("ofd", 1.0, {"student": S_PRE, "teacher": T_PRE})],
-    "reviewkd": [LABELS, ("reviewkd", 1.0, {"student": S_BOTH, "teacher": T_BOTH, "warmup": 0.08})],
-    "sp": [LABELS, ("sp", 3000.0, {})],
-    "rkd": [LABELS, ("rkd", 1.0, {})],
-    "pkt": [LABELS, ("pkt", 30000.0, {})],
-    "cc": [LABELS, ("cc", 100.0, {})],
-    "crd": [LABELS, ("crd", 0.8, {})],
-    "fkl": [("ce", 0.1, {}), ("fkl", 0.9, {})],
-    "rkl": [("ce", 0.1, {}), ("rkl", 0.9, {})],
-    "jsd": [("ce", 0.1, {}), ("jsd", 0.9, {})],
-    "skew_fkl": [("ce", 0.1, {}), ("skew_fkl", 0.9, {})],
-    "skew_rkl": [("ce", 0.1, {}), ("skew_rkl", 0.9, {})],
-    "tvd": [("ce", 0.1, {}), ("tvd", 0.9, {})],
-}
+
+def method_terms(channels: list[int]) -> dict[str, list[tuple[str, float, dict]]]:
+    """name -> loss terms (method, weight, params) for a student cnn of these channels: the label loss plus the
+    method, weighted as its paper / RepDistiller / mdistiller run it on CIFAR-100 where our normalization is theirs;
+    otherwise scaled to a comparable size (notes).
+
+    Feature methods pair student and teacher blocks of the same resolution (block i halves the length i+1 times in
+    both networks), as RepDistiller pairs stage outputs: the student's last block with the teacher's block of its
+    index, two-level methods add the block before it; AB and OFD read the same blocks before their ReLU. FSP needs
+    equal widths: its two student blocks pair with the teacher blocks of their channel counts."""
+    blocks = len(channels)
+    last, before = f"features.{blocks - 1}", f"features.{blocks - 2}"
+    fsp_teacher = [f"features.{TEACHER.channels.index(c)}" for c in channels[-2:]]
+    s_last = t_last = last
+    s_pre = t_pre = f"{last}.2:input"
+    s_both = t_both = [before, last]
+    return {
+        "kd": [("ce", 0.1, {}), ("kd", 0.9, {"temperature": 4})],
+        "dkd": [LABELS, ("dkd", 1.0, {"alpha": 1, "beta": 8, "temperature": 4, "warmup": 0.08})],
+        "dist": [LABELS, ("dist", 1.0, {"beta": 2, "gamma": 2, "temperature": 4})],
+        "ls_kd": [("ce", 0.1, {}), ("ls_kd", 9.0, {"temperature": 2})],
+        "mlkd": [LABELS, ("mlkd", 1.0, {})],
+        "ctkd": [("ce", 0.1, {}), ("ctkd", 0.9, {})],
+        "nkd": [LABELS, ("nkd", 1.0, {})],
+        "mse_logits": [("ce", 0.1, {}), ("mse_logits", 0.9, {})],
+        "fitnet": [LABELS, ("fitnet", 100.0, {"student": s_last, "teacher": t_last})],
+        "at": [LABELS, ("at", 1000.0, {"student": s_both, "teacher": t_both})],
+        "nst": [LABELS, ("nst", 50.0, {"student": s_last, "teacher": t_last})],
+        "fsp": [LABELS, ("fsp", 50.0, {"student": s_both, "teacher": fsp_teacher})],
+        "ab": [LABELS, ("ab", 0.0, {"student": s_pre, "teacher": t_pre, "init_epochs": 1})],
+        "vid": [LABELS, ("vid", 1.0, {"student": s_both, "teacher": t_both})],
+        "ft": [LABELS, ("ft", 3.0, {"student": s_last, "teacher": t_last, "init_epochs": 1})],
+        "ofd": [LABELS, ("ofd", 1.0, {"student": s_pre, "teacher": t_pre})],
+        "reviewkd": [LABELS, ("reviewkd", 1.0, {"student": s_both, "teacher": t_both, "warmup": 0.08})],
+        "sp": [LABELS, ("sp", 3000.0, {})],
+        "rkd": [LABELS, ("rkd", 1.0, {})],
+        "pkt": [LABELS, ("pkt", 30000.0, {})],
+        "cc": [LABELS, ("cc", 100.0, {})],
+        "crd": [LABELS, ("crd", 0.8, {})],
+        "fkl": [("ce", 0.1, {}), ("fkl", 0.9, {})],
+        "rkl": [("ce", 0.1, {}), ("rkl", 0.9, {})],
+        "jsd": [("ce", 0.1, {}), ("jsd", 0.9, {})],
+        "skew_fkl": [("ce", 0.1, {}), ("skew_fkl", 0.9, {})],
+        "skew_rkl": [("ce", 0.1, {}), ("skew_rkl", 0.9, {})],
+        "tvd": [("ce", 0.1, {}), ("tvd", 0.9, {})],
+    }
+
+
+METHODS: dict[str, list[tuple[str, float, dict]]] = {}  # filled by main() for the chosen student
 # Published CIFAR-100 top-1 for resnet56 -> resnet20 (student alone: 69.06): RepDistiller's README table (Tian et al.
 # 2020), mdistiller's README for DKD, the CTKD README for KD + CTKD. Methods without a number there are left out.
 PUBLISHED = {
@@ -104,22 +125,28 @@ def mean_std(values: list[float], scale: float = 100.0) -> str:
 def main() -> None:
     """Train the teacher, cache it, distill every method for every seed, write the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--only", nargs="*", help="methods to run (default: all)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--weights", choices=["published", "auto"], default="published")
-    parser.add_argument("--student", default="16,32", help="the student cnn's channels, e.g. 32,64")
+    parser.add_argument("--student", default="8,16,32", help="the student cnn's channels, e.g. 16,32")
+    parser.add_argument("--table", type=Path, help="only rewrite the table from a results .json of an earlier run")
     args = parser.parse_args()
     channels = [int(c) for c in args.student.split(",")]
     student_cfg = ModelConfig(name="cnn", channels=channels)
+    METHODS.update(method_terms(channels))
     if args.weights == "auto":
         for name in METHODS:
             METHODS[name] = auto_weighted(METHODS[name])
     if args.out is None:
         width = "-".join(map(str, channels))
-        suffix = "" if args.weights == "published" and channels == [16, 32] else f"_{args.weights}_{width}"
-        args.out = Path(__file__).parent / "results" / f"methods{suffix}.md"
+        args.out = Path(__file__).parent / "results" / f"methods_{args.weights}_{width}.md"
+    if args.table:
+        saved = json.loads(args.table.read_text())
+        args.epochs, args.seeds = saved["epochs"], saved["seeds"]
+        write_table(args, saved["results"], saved["teacher_top1"], saved["seconds"])
+        return
     torch.set_num_threads(1)  # tiny convolutions: one thread is as fast and gives steadier times on a busy machine
     device = torch.device("cpu")
     missing = set(REGISTRY) - NOT_HERE - set(METHODS)
@@ -178,7 +205,11 @@ def main() -> None:
                 runs["stage_s"].append(time.perf_counter() - t0 - sum(r["seconds"] for r in history))
                 print(f"seed {seed} {name}: {100 * runs['top1'][-1]:.2f}% ({time.perf_counter() - start:.0f} s)",
                       flush=True)
-    write_table(args, results, teacher_top1, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    saved = {"epochs": args.epochs, "seeds": args.seeds, "results": results, "teacher_top1": teacher_top1,
+             "seconds": seconds}
+    atomic_write_text(args.out.with_suffix(".json"), json.dumps(saved, indent=1))
+    write_table(args, results, teacher_top1, seconds)
 
 
 def write_table(args: argparse.Namespace, results: dict, teacher_top1: float, seconds: float) -> None:
@@ -189,7 +220,8 @@ def write_table(args: argparse.Namespace, results: dict, teacher_top1: float, se
     lines = [
         "# Every method on one teacher → student pair (MNIST-1D)",
         "",
-        f"Command: `.venv/bin/python benchmarks/methods.py` (seeds {', '.join(map(str, args.seeds))}; "
+        f"Command: `.venv/bin/python benchmarks/methods.py --weights {args.weights} --student {args.student}` "
+        f"(seeds {', '.join(map(str, args.seeds))}; "
         f"{args.epochs} epochs; {seconds / 60:.0f} minutes in all on a 2-core CPU machine, torch "
         f"{torch.__version__}, 1 thread).",
         "",
@@ -252,46 +284,44 @@ def disagreements(results: dict) -> list[str]:
             f"rank → rank here, moves of 4+ places): {listed}. They are reported as measured, not tuned away."]
 
 
-AUTO_NOTES = [
-    "Notes",
-    "",
-    "- Every method: 1·CE plus its own terms at `weight: auto` (its gradient norm on the student, averaged over 4 "
-    "batches before training, set equal to CE's; the weight shown is its mean over seeds); method parameters as in "
-    "the published-weights table (methods.md). AB keeps weight 0 after its initialisation stage. Same lr (3e-3) "
-    "and schedule as methods.md, so only the weights differ.",
-    "- Scale-free forms since methods.md was measured: AT and SP squared distances of unit vectors summed over "
-    "positions / rows and averaged over the batch, PKT's KL per sample, MLKD's batch and class terms as means, "
-    "DKD's β = max(1, 8·(C−1)/99) = 1 for 10 classes, CTKD's temperature trained by SGD.",
-    "- Train accuracy: top-1 on the whole training split after training (the student can fit it or not).",
-]
-
 NOTES = [
     "Notes",
     "",
     "- Parameters: each method's defaults (`distil methods`) except where the loss terms column or "
-    "benchmarks/methods.py says otherwise; feature methods pair the student's last block with the teacher's "
-    "(`features.1` ↔ `features.3`; two-level methods add `features.0` ↔ `features.1`; AB and OFD read the same "
-    "blocks before their ReLU; FitNet hints `features.1` with the teacher's `features.2`; FSP pairs the two "
-    "layers of equal widths). Relation methods and CRD read the pooled features the classifiers see.",
+    "benchmarks/methods.py says otherwise. Feature methods pair blocks of the same resolution, as RepDistiller "
+    "pairs stage outputs: the student's last block with the teacher's block of the same index (`features.2` ↔ "
+    "`features.2` for the 3-block student, `features.1` ↔ `features.1` for the 2-block one); two-level methods add "
+    "the block before it; AB and OFD read the same blocks before their ReLU; FSP pairs the student's last two blocks "
+    "with the teacher's blocks of the same widths. Relation methods and CRD read the pooled features the "
+    "classifiers see.",
     "- Weights follow RepDistiller / mdistiller on CIFAR-100 where our normalization is theirs (FitNet 100, AT "
     "1000, NST 50, FSP 50, VID 1, SP 3000, RKD 1, PKT 30000, CRD 0.8, KD 0.9 with CE 0.1, DKD α 1 β 8); FT (per-"
     "sample L1 norm instead of a mean) and CC (Gaussian-kernel correlation instead of RepDistiller's shortcut) are "
-    "scaled to a comparable loss size, not tuned. AB, as in RepDistiller, only initialises the student (its own "
-    "stage of 1 epoch) and then has weight 0; FT pre-trains its paraphraser for 1 epoch. Their own-stage time is "
-    "not in the epoch-time ratio.",
+    "scaled to a comparable loss size, not tuned. Since distil made AT and SP scale-free (unit-vector distances "
+    "averaged over the batch), their CIFAR weights are far too large here: that is what `weight: auto` is for. AB, "
+    "as in RepDistiller, only initialises the student (its own stage of 1 epoch) and then has weight 0; FT "
+    "pre-trains its paraphraser for 1 epoch. Their own-stage time is not in the epoch-time ratio.",
     "- The sequence divergences (fkl … tvd) are applied to the classifier's logits at T = 1 (fkl at T = 1 is KD "
     "at T = 1).",
     "- Epoch times come from the engine's per-epoch timer with the teacher read from the cache, so they are each "
     "method's own cost (hooks, connectors, memory bank) on top of the student's; times on this machine drift "
     "by up to ±20% between runs.",
-    "- The schedule matters: an earlier 8-epoch run of this table left every student far from converged (alone "
-    "70.7%) and put KD 28 points below alone, an artefact of under-training, not of the method. With 30 and 60 "
-    "epochs (seed 0, checked separately) KD stays 1.8 to 2.7 points below alone on this pair (alone 88.9 / 93.0%, "
-    "KD 86.2 / 91.2%), while `ls_kd`, which matches z-scored logits and leaves the student its own scale, stays "
-    "above. The published CIFAR-100 numbers come from 240 epochs with students of 0.27M parameters.",
-    "- This is a 10-class 1-D task with a 2-block student, a short schedule and no augmentation, far from "
-    "CIFAR-100 with ResNets and 240 epochs; a different ranking is expected, and small differences (within about "
-    "one standard deviation) are not a ranking at all.",
+    "- This is a 10-class 1-D task with a tiny student, 60 epochs and no augmentation, far from CIFAR-100 with "
+    "ResNets and 240 epochs; a different ranking is expected, and differences within about one standard deviation "
+    "are not a ranking at all.",
+]
+
+AUTO_NOTES = [
+    "Notes",
+    "",
+    "- Every method: 1·CE plus its own terms at `weight: auto` (its gradient norm on the student, averaged over 4 "
+    "batches before training with warm-ups at full strength, set equal to CE's; the weight shown is its mean over "
+    "seeds); method parameters and layer pairs as in the published-weights table. AB keeps weight 0 after its "
+    "initialisation stage. Same lr (3e-3) and schedule as there, so only the weights differ.",
+    "- Scale-free forms: AT and SP squared distances of unit vectors summed over positions / rows and averaged over "
+    "the batch, PKT's KL per sample, MLKD's batch and class terms as means, DKD's β = max(1, 8·(C−1)/99) = 1 for 10 "
+    "classes, CTKD's temperature trained by SGD.",
+    "- Train accuracy: top-1 on the whole training split after training (the student can fit it or not).",
 ]
 
 

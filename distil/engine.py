@@ -301,6 +301,26 @@ class Fit:
             self.log.drop_stage(f"{self.stage}:bn_recalibrate")
             self.log.write({"stage": f"{self.stage}:bn_recalibrate", "samples": seen})
 
+    @contextmanager
+    def _fresh_batchnorm(self, model: nn.Module) -> Iterator[None]:
+        """Inside: BatchNorm statistics recomputed for the current weights on batchnorm.VALIDATION_SAMPLES training
+        samples, as the stage's end sets them, so a validation score (and early stopping on it) is not fooled by
+        running averages that lag behind fast-moving weights. On the way out the running averages and every RNG are
+        put back: training goes on exactly as it would without validation."""
+        layers = batchnorm.batchnorm_layers(model)
+        if not layers:
+            yield
+            return
+        saved, rng = [copy.deepcopy(layer.state_dict()) for layer in layers], rng_state()
+        try:
+            batchnorm.recalibrate(model, self.train, self.device, batch_size=self.cfg.batch_size,
+                                  samples=batchnorm.VALIDATION_SAMPLES, seed=self.seed)
+            yield
+        finally:
+            for layer, state in zip(layers, saved):
+                layer.load_state_dict(state)
+            set_rng_state(rng)
+
     def _progress_bar(self, start_epoch: int, epochs: int) -> tqdm:
         """The stage's bar, in samples over all its epochs, advanced every step (samples/s and ETA from tqdm).
 
@@ -321,7 +341,9 @@ class Fit:
         if self.log is not None:
             self.log.drop_stage(f"{self.stage}:grad_norms")
             if norms is not None:
-                self.log.write({"stage": f"{self.stage}:grad_norms", "weighted": norms})
+                weights = {name: abs(getattr(method, "weight", 1.0))
+                           for name, method in zip(objective.term_names(), objective.methods)}
+                self.log.write({"stage": f"{self.stage}:grad_norms", "weighted": norms, "weights": weights})
             for name, done in (("balance", self._balance), ("lr_find", self._lr_find)):
                 self.log.drop_stage(f"{self.stage}:{name}")
                 if done is not None:
@@ -579,7 +601,9 @@ class Fit:
                           f"{fix}, or raise train.max_bad_steps.")
 
     def _validate(self, model: nn.Module) -> dict:
-        logits = predict(model, self.val, self.device)
+        """Validation loss and accuracy of the model as it stands (BatchNorm judged by _fresh_batchnorm)."""
+        with self._fresh_batchnorm(model):
+            logits = predict(model, self.val, self.device)
         target = targets_of(self.val)
         return {"val_loss": F.cross_entropy(logits, target).item(),
                 "val_acc": (logits.argmax(-1) == target).float().mean().item()}

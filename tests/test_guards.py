@@ -80,6 +80,17 @@ def test_dominant_term_reads_the_measured_gradients():
     assert "'attention_kl' dominates" in guards.dominant_term(records)
 
 
+def test_dominance_the_weights_ask_for_is_not_warned_about():
+    hinton = {"stage": "distill:grad_norms", "weighted": {"ce": 0.05, "kd": 0.55}, "weights": {"ce": 0.1, "kd": 0.9}}
+    assert guards.dominant_term([hinton]) is None  # 11x, as 0.9 / 0.1 asks (1.2x per unit of weight)
+    copied = {"stage": "distill:grad_norms", "weighted": {"ce": 0.1, "at": 15.0}, "weights": {"ce": 1.0, "at": 1000.0}}
+    assert "'at' dominates the gradient of distill: 150x" in guards.dominant_term([copied])
+    equal = {"stage": "distill:grad_norms", "weighted": {"ce": 0.05, "kd": 0.55}, "weights": {"ce": 1.0, "kd": 1.0}}
+    assert "'kd' dominates" in guards.dominant_term([equal])
+    asked = {"stage": "distill:grad_norms", "weighted": {"ce": 0.01, "kd": 5.0}, "weights": {"ce": 0.01, "kd": 5.0}}
+    assert "'kd' dominates" in guards.dominant_term([asked])  # weights that themselves ask for 500x are named
+
+
 def test_below_alone_needs_more_than_test_noise_and_names_the_cause():
     target = torch.arange(200) % 4
     results = {"models": {"student": {"top1": 0.7}, "alone": {"top1": 0.9}}}
@@ -148,6 +159,27 @@ def test_recalibrate_restores_statistics_that_describe_other_weights():
     assert recalibrate(model, splits.train, torch.device("cpu"), batch_size=32) == len(splits.train)
     assert accuracy(model, splits.train) >= good - 0.03
     assert not model.training
+
+
+def test_validation_judges_batchnorm_by_fresh_statistics_and_leaves_training_as_it_was():
+    splits = images(400)
+
+    def fit(val):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(name="resnet8"), splits.input_shape, 10)
+        for layer in batchnorm_layers(model):
+            layer.momentum = 1e-4  # running averages that stay at their initial values: statistics of no weights
+        result = Fit(stage="s", model=model, objective=scheduled_objective([LossTerm(name="ce")]), train=splits.train,
+                     val=val, cfg=TrainConfig(epochs=3, batch_size=32, lr=0.01), device=torch.device("cpu"),
+                     quiet=True).run()
+        return result.model, result.history
+
+    validated, history = fit(splits.val)
+    plain, _ = fit(None)
+    assert history[-1]["val_acc"] >= accuracy(validated, splits.val) - 0.05  # what the recalibrated model scores
+    assert accuracy(validated, splits.val) > 0.5
+    for (name, a), b in zip(validated.state_dict().items(), plain.state_dict().values()):
+        assert torch.equal(a, b), name  # validating changed nothing in training, running averages included
 
 
 def test_a_run_whose_statistics_went_stale_is_recalibrated_and_says_so(tmp_path, monkeypatch):

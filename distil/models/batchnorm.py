@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from distil.batch import iterate
 
 RECALIBRATION_SAMPLES = 4096  # training samples the statistics are averaged over (at most)
+VALIDATION_SAMPLES = 1024  # ... for each epoch's validation (a cheaper estimate, thrown away after it)
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
