@@ -165,7 +165,7 @@ def dominant_term(records: Sequence[dict], stage: str = "distill") -> str | None
 
     A dominance the stated weights ask for is not warned about when they ask for less than DOMINANCE and the two
     terms' gradients per unit of weight are within AS_WEIGHTED of each other: Hinton's 0.1·ce + 0.9·kd (kd scaled
-    by T²) asks for 9x and measures 8-11x. Weights that ask for more (ce 0.01, kd 5), or a weight copied from
+    by T²) asks for 9x and measures 8-17x. Weights that ask for more (ce 0.01, kd 5), or a weight copied from
     another setting (AT's 1000 on small maps: 150x ce's gradient), are warned about."""
     record = next((r for r in records if r.get("stage") == f"{stage}:grad_norms"), None)
     norms = (record or {}).get("weighted")
