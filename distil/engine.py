@@ -337,13 +337,11 @@ class Fit:
         lr = self.lr or self.cfg.lr
         self._balance = self._balance_terms(model, objective)
         self._lr = self._range_test(model, objective) if lr == "auto" else float(lr)
-        norms = self._term_gradients(model, objective)
+        gradients = self._term_gradients(model, objective)
         if self.log is not None:
             self.log.drop_stage(f"{self.stage}:grad_norms")
-            if norms is not None:
-                weights = {name: abs(getattr(method, "weight", 1.0))
-                           for name, method in zip(objective.term_names(), objective.methods)}
-                self.log.write({"stage": f"{self.stage}:grad_norms", "weighted": norms, "weights": weights})
+            if gradients is not None:
+                self.log.write({"stage": f"{self.stage}:grad_norms", **gradients})
             for name, done in (("balance", self._balance), ("lr_find", self._lr_find)):
                 self.log.drop_stage(f"{self.stage}:{name}")
                 if done is not None:
@@ -400,22 +398,23 @@ class Fit:
             method.weight = weight
         return done
 
-    def _term_gradients(self, model: nn.Module, objective: Objective) -> dict[str, float] | None:
+    def _term_gradients(self, model: nn.Module, objective: Objective) -> dict[str, dict[str, float]] | None:
         """Each term's weighted gradient norm on the student at the start (mean of calibrate.BALANCE_BATCHES
-        batches), for distil.guards to name a term that swamps the others; None for a single-term objective."""
+        batches) and its stated weight, as {"weighted": ..., "weights": ...}, for distil.guards to name a term that
+        swamps the others; None for a single-term objective."""
         if len(objective.methods) < 2 or type(objective).forward is not Objective.forward:
             return None  # a strategy's own objective (online peers) feeds its terms itself
         names = objective.term_names()
+        weights = {name: abs(getattr(method, "weight", 1.0)) for name, method in zip(names, objective.methods)}
         sums = dict.fromkeys(names, 0.0)
         with self._rehearsal(model, objective):
             batches = self._calibration_batches(model, 800_001)
             params = [p for p in model.parameters() if p.requires_grad]
             for _ in range(calibrate.BALANCE_BATCHES):
                 values = self._term_values(model, objective, next(batches))
-                for name, method, value in zip(names, objective.methods, values):
-                    weight = abs(getattr(method, "weight", 1.0))
-                    sums[name] += weight * calibrate.grad_norm(value, params) / calibrate.BALANCE_BATCHES
-        return sums
+                for name, value in zip(names, values):
+                    sums[name] += weights[name] * calibrate.grad_norm(value, params) / calibrate.BALANCE_BATCHES
+        return {"weighted": sums, "weights": weights}
 
     def _range_test(self, model: nn.Module, objective: Objective) -> float:
         """`lr: auto`: an lr range test on the student with the stage's objective (calibrate.range_test)."""
