@@ -32,7 +32,7 @@ def render_settings(settings: dict) -> list[str]:
     lines = ["## Settings chosen before training", ""]
     for stage, lr in settings.get("lr", {}).items():
         lines.append(f"- {stage}: lr {lr:.3g}, chosen by a learning-rate range test (a tenth of the lr at the "
-                     f"smoothed loss's minimum; curve in `{PLOT}`)")
+                     f"smoothed loss's minimum, at most the lr at the middle of its descent; curve in `{PLOT}`)")
     for stage, weights in settings.get("weights", {}).items():
         reference = settings["reference"][stage] or "nothing (weights left at 1)"
         terms = ", ".join(f"{name} {w:.3g}" for name, w in weights.items())

@@ -71,6 +71,12 @@ def test_pick_lr_is_a_tenth_of_the_minimum():
     assert calibrate.pick_lr([1e-3, 1e-2, 1e-1, 1.0], [3.0, 2.0, 1.0, 5.0]) == pytest.approx(1e-2)
 
 
+def test_pick_lr_stays_before_a_bump_when_the_minimum_lies_past_it():
+    # the loss falls, turns up at 1e-2, then falls lower at rates already unstable: a tenth of 0.1 would be 1e-2
+    lrs, losses = [1e-4, 1e-3, 1e-2, 1e-1, 1.0], [3.0, 1.5, 1.9, 1.2, 4.0]
+    assert calibrate.pick_lr(lrs, losses) == pytest.approx(1e-3)
+
+
 def test_lr_auto_is_the_default_and_is_recorded_in_the_resolved_recipe(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("train: {epochs: 1}\n")
