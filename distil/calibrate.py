@@ -37,12 +37,14 @@ class RangeTest:
 
 PICK_DIVISOR = 10.0  # fastai's lr_min: a tenth of the lr at the smoothed loss's minimum
 DESCENT_SHARE = 0.5  # the middle of the descent: the loss has fallen half way from its first value to its minimum
+MIN_DESCENT = 0.2  # the share of its first value the loss must fall by for the middle of the descent to count
 
 
 def pick_lr(lrs: Sequence[float], losses: Sequence[float]) -> float:
     """The lower of a tenth of the lr at the smoothed loss's minimum (fastai's `lr_min`: short of the edge where the
     loss turns up, still fast) and the lr at the middle of the descent (where the loss has fallen half way from its
-    first value to its minimum).
+    first value to its minimum), when the loss falls by at least MIN_DESCENT of its first value (on a short, noisy
+    curve that falls less, the plateau's noise crosses the half-way level before the descent does).
 
     The cap matters when the minimum lies past a bump: the loss first turns up, then falls again at rates that are
     already unstable, because steps keep accumulating. There a tenth of the minimum's lr lands anywhere from before
@@ -52,8 +54,10 @@ def pick_lr(lrs: Sequence[float], losses: Sequence[float]) -> float:
     """
     best = min(range(len(losses)), key=losses.__getitem__)
     middle = losses[0] - DESCENT_SHARE * (losses[0] - losses[best])
-    descent = next(i for i in range(best + 1) if losses[i] <= middle)
-    return min(lrs[best] / PICK_DIVISOR, lrs[descent])
+    tenth = lrs[best] / PICK_DIVISOR
+    if not losses[best] < (1 - MIN_DESCENT) * losses[0]:
+        return tenth  # no clear descent to find the middle of (a short, noisy curve)
+    return min(tenth, lrs[next(i for i in range(best + 1) if losses[i] <= middle)])
 
 
 def range_test(loss_at: Callable[[int], Tensor], optimizer: torch.optim.Optimizer, low: float, high: float,
