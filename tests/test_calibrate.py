@@ -77,6 +77,12 @@ def test_pick_lr_stays_before_a_bump_when_the_minimum_lies_past_it():
     assert calibrate.pick_lr(lrs, losses) == pytest.approx(1e-3)
 
 
+def test_pick_lr_ignores_the_middle_of_a_curve_that_barely_falls():
+    # a 10% fall on a noisy plateau: the half-way level is crossed by noise at 1e-5, so the tenth of the minimum's lr
+    lrs, losses = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1], [4.3, 4.1, 4.2, 4.0, 3.9, 4.5]
+    assert calibrate.pick_lr(lrs, losses) == pytest.approx(1e-3)
+
+
 def test_lr_auto_is_the_default_and_is_recorded_in_the_resolved_recipe(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("train: {epochs: 1}\n")
